@@ -1,0 +1,250 @@
+"""A timm model without its classifier, with its weights identity and preprocessing.
+
+Architecture arguments (``model_kwargs``) are kept apart from weights/preprocessing metadata
+(``data_config``: mean, std, input_size, interpolation, crop_pct), which overlays timm's
+``pretrained_cfg`` so that ``resolve_model_data_config`` and ``create_transform`` see it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+import timm
+import torch
+from torch import nn
+
+from zoo.errors import ZooError
+from zoo.registry import BACKBONES, register_backbone, unknown_name_message
+from zoo.weights import sha256_file, warn_loudly
+
+
+class Backbone(nn.Module):
+    """images (B, 3, H, W) -> pooled features (B, dim), or a feature map (B, C, h, w)."""
+
+    def __init__(self, model: nn.Module, name: str, weights_id: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.weights_id = weights_id
+        # vgg-style models have a hidden pre-logits layer: its width is the pooled dim
+        self.dim: int = getattr(model, "head_hidden_size", None) or model.num_features
+        self.feature_channels: int = model.num_features
+        self.data_config: dict[str, Any] = timm.data.resolve_model_data_config(model)
+        self._frozen_until: Optional[str] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (B, dim)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)  # (B, C, h, w)
+
+    # ---- partial freezing -------------------------------------------------------------
+    def stage_names(self) -> list[str]:
+        """Modules one or two levels down that hold parameters, in forward order."""
+        names = []
+        for name, module in self.model.named_modules():
+            if name and name.count(".") <= 1 and any(True for _ in module.parameters()):
+                names.append(name)
+        return names
+
+    def freeze(self, until: str = "all") -> None:
+        """Freeze every parameter up to and including the stage ``until`` ("all": everything)."""
+        params = list(self.model.named_parameters())
+        if until == "all":
+            last = len(params) - 1
+        else:
+            stages = self.stage_names()
+            if until not in stages:
+                top = [s for s in stages if "." not in s]
+                raise ZooError(
+                    f"backbone '{self.name}' has no stage '{until}'; use one of {', '.join(top)} "
+                    f"(or a sub-stage such as '{next((s for s in stages if '.' in s), top[-1])}', or 'all')"
+                )
+            last = max(i for i, (n, _) in enumerate(params) if n.startswith(until + "."))
+        for i, (_, p) in enumerate(params):
+            p.requires_grad_(i > last)
+        self._frozen_until = until
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        # frozen batch-norm layers keep their running statistics
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+        return self
+
+
+# ---- weights ------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_hub_file(pretrained_cfg: dict) -> Optional[str]:
+    """A weights file already in the local Hugging Face cache, if any (works offline)."""
+    hub_id = pretrained_cfg.get("hf_hub_id")
+    if not hub_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(hub_id, filename)
+        if isinstance(path, str):
+            return path
+    return None
+
+
+def load_weights_file(model: nn.Module, path: str | Path, model_name: str) -> str:
+    """Load a local .pth/.safetensors state dict strictly; returns the weights identity."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZooError(f"weights file not found: {path}")
+    try:
+        state = timm.models.load_state_dict(str(path), weights_only=True)
+    except Exception as e:
+        raise ZooError(f"cannot read weights file {path}: {e}".splitlines()[0]) from e
+    own = model.state_dict()
+    # a file made for a classifier model: drop the classifier, we embed without it
+    classifier = model.pretrained_cfg.get("classifier")
+    prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    state = {k: v for k, v in state.items() if k in own or not k.startswith(tuple(p + "." for p in prefixes))}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ZooError(
+            f"weights file {path.name} does not fit {model_name}: {len(missing)} missing keys "
+            f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ZooError(f"weights file {path.name} does not fit {model_name}: {str(e).splitlines()[1:2]}") from e
+    return f"file:{path.name} sha256:{sha256_file(path)}"
+
+
+def _sidecar(weights: Optional[str]) -> dict:
+    """``weights.json`` beside a weights file may say how to build the model (model_kwargs,
+    pretrained_cfg_overlay); explicit arguments win over it."""
+    if not weights:
+        return {}
+    side = Path(weights).with_suffix(".json")
+    if side.is_file():
+        try:
+            return json.loads(side.read_text())
+        except ValueError:
+            warnings.warn(f"ignoring unreadable {side}")
+    return {}
+
+
+def timm_backbone(
+    model_name: str,
+    pretrained: bool = False,
+    weights: Optional[str] = None,
+    model_kwargs: Optional[dict] = None,
+    data_config: Optional[dict] = None,
+    seed: int = 0,
+) -> Backbone:
+    """Build ``model_name`` (a timm name, optionally ``name.tag``) without classifier.
+
+    weights: a local .pth/.safetensors file (offline); else ``pretrained`` fetches the hub tag
+    (or uses the local cache); else random init, seeded so that it is reproducible.
+    """
+    side = _sidecar(weights)
+    kwargs = {**side.get("model_kwargs", {}), **(model_kwargs or {})}
+    overlay = {**side.get("pretrained_cfg_overlay", {}), **(data_config or {})}
+    for key in ("input_size", "mean", "std"):
+        if key in overlay:
+            overlay[key] = tuple(overlay[key])
+    if "image_size" in overlay:  # a shortcut for input_size
+        overlay["input_size"] = (3, int(overlay["image_size"]), int(overlay.pop("image_size")))
+
+    def build(**extra) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            try:
+                return timm.create_model(
+                    model_name, num_classes=0, pretrained_cfg_overlay={**overlay, **extra}, **kwargs
+                )
+            except TypeError as e:
+                raise ZooError(f"bad model_kwargs for {model_name}: {e}") from e
+
+    if weights:
+        model = build()
+        weights_id = load_weights_file(model, weights, model_name)
+        return Backbone(model, model_name, weights_id)
+
+    if pretrained:
+        model = build()
+        cfg = model.pretrained_cfg
+        tag = f"{cfg.get('architecture', model_name)}.{cfg.get('tag')}" if cfg.get("tag") else model_name
+        cached = _cached_hub_file(cfg)
+        try:
+            if cached:
+                model = _create_pretrained(model_name, kwargs, {**overlay, "file": cached}, seed)
+            elif hub_reachable():
+                model = _create_pretrained(model_name, kwargs, overlay, seed)
+            else:
+                raise OSError("the model hub is not reachable and the weights are not cached")
+            return Backbone(model, model_name, f"hub:timm/{tag}")
+        except Exception as e:  # offline, or no such tag
+            warn_loudly(
+                f"pretrained weights for '{tag}' cannot be had ({str(e).splitlines()[0][:120]}); "
+                f"'{model_name}' runs with RANDOM INIT (seed {seed}). Pass --model.weights FILE for local weights."
+            )
+            model = build()
+    else:
+        model = build()
+    return Backbone(model, model_name, f"random init (seed {seed})")
+
+
+def _create_pretrained(model_name: str, kwargs: dict, overlay: dict, seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return timm.create_model(model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def create_backbone(name: str, **kwargs) -> Backbone:
+    """A registered backbone by name, or any timm model (``timm/NAME`` or ``NAME[.tag]``)."""
+    if name in BACKBONES:
+        return BACKBONES.get(name)(**kwargs)
+    timm_name = name.removeprefix("timm/")
+    if timm.is_model(timm_name.split(".")[0]):
+        return timm_backbone(timm_name, **kwargs)
+    raise ZooError(unknown_name_message("backbone", name, BACKBONES.names(), timm.list_models()))
+
+
+def check_backbone_name(name: str) -> None:
+    if name not in BACKBONES and not timm.is_model(name.removeprefix("timm/").split(".")[0]):
+        raise ZooError(unknown_name_message("backbone", name, BACKBONES.names(), timm.list_models()))
+
+
+# ---- built-in backbones, with the weight tags the literature uses --------------------------
+@register_backbone
+def resnet50(**kwargs) -> Backbone:
+    """ResNet-50, torchvision ImageNet-1k weights (timm tag tv_in1k)."""
+    return timm_backbone("resnet50.tv_in1k", **kwargs)
+
+
+@register_backbone
+def vgg16(**kwargs) -> Backbone:
+    """VGG-16, torchvision ImageNet-1k weights (timm tag tv_in1k)."""
+    return timm_backbone("vgg16.tv_in1k", **kwargs)
+
+
+@register_backbone
+def inception_resnet_v2(**kwargs) -> Backbone:
+    """Inception-ResNet-v2, the TensorFlow ImageNet-1k port (timm tag tf_in1k)."""
+    return timm_backbone("inception_resnet_v2.tf_in1k", **kwargs)

@@ -1,0 +1,136 @@
+"""Folder -> image records -> decoded, preprocessed tensors.
+
+Images are decoded by content (Pillow sniffs the bytes), never by extension. A file that
+cannot be decoded becomes ``None`` in the dataset; the collate function drops it and carries
+the reason along, so callers report each skipped file once.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import Dataset
+
+from zoo.errors import ZooError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, not padded with grey
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str  # absolute
+    label: Optional[str] = None  # parent folder's name below the root
+    frame: Optional[int] = None  # video frames only
+    time: Optional[float] = None  # seconds, video frames only
+    image: Optional[Image.Image] = None  # already decoded (video frames)
+
+
+def scan_folder(root: str | Path, recursive: bool = True) -> list[Record]:
+    """Every regular, non-hidden file below ``root``, sorted; label = parent folder name."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise ZooError(f"no such folder: {root}")
+    if root.is_file():
+        return [Record(str(root.resolve()))]
+    records = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if not recursive:
+            dirnames[:] = []
+        here = Path(dirpath)
+        label = None if here == root else here.name
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                records.append(Record(str((here / name).resolve()), label))
+    if not records:
+        raise ZooError(f"no files in {root}")
+    return records
+
+
+def records_from(inputs: Sequence[str | Path]) -> list[Record]:
+    """Files and folders (recursive) given on the command line, in order."""
+    records: list[Record] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            records += scan_folder(p)
+        elif p.exists():
+            records.append(Record(str(p.resolve())))
+        else:
+            raise ZooError(f"no such file or folder: {item}")
+    return records
+
+
+def load_image(path: str | Path, draft_size: Optional[int] = None) -> Image.Image:
+    """Decode any image Pillow knows into 8-bit RGB, upright. Raises ValueError(reason)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError("empty file")
+        # Pillow's decompression-bomb guard stays on; its warning (over MAX_IMAGE_PIXELS) skips too
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if draft_size and im.format == "JPEG":
+                    im.draft("RGB", (draft_size, draft_size))  # decode big JPEGs at reduced size
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return to_rgb(im)
+    except ValueError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ValueError("not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError("too large (decompression-bomb guard)") from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"corrupt or truncated ({str(e).splitlines()[0][:80]})") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8))
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", im.size, (255, 255, 255))
+        background.paste(im.convert("RGBA"), mask=im.convert("RGBA").getchannel("A"))
+        return background
+    return im.convert("RGB")
+
+
+class ImageDataset(Dataset):
+    """records -> {"image": (3, H, W) tensor, "index": i} or None when undecodable."""
+
+    def __init__(self, records: Sequence[Record], transform: Callable, draft_size: Optional[int] = None):
+        self.records = list(records)
+        self.transform = transform
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        try:
+            image = r.image if r.image is not None else load_image(r.path, self.draft_size)
+        except ValueError as e:
+            return {"index": i, "error": str(e)}
+        return {"index": i, "image": self.transform(image)}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack the good items; keep (index, reason) of the bad ones."""
+    good = [it for it in items if "image" in it]
+    return {
+        "image": torch.stack([it["image"] for it in good]) if good else torch.empty(0),
+        "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
+        "skipped": [(it["index"], it["error"]) for it in items if "error" in it],
+    }

@@ -1,0 +1,222 @@
+"""ZooModel: one LightningModule = a registered backbone + a registered head.
+
+It embeds (``predict_step``), trains (``training_step``; the head owns its loss) and validates
+with retrieval metrics. Networks are built in ``configure_model`` so that constructing the
+module (e.g. by the CLI) is cheap and a bad name fails at once, before any work.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import timm
+import torch
+from torchmetrics.utilities import dim_zero_cat
+
+from zoo.backbones.timm_backbone import Backbone, check_backbone_name, create_backbone
+from zoo.errors import ZooError
+from zoo.heads.base import Head, create_head
+from zoo.metrics import RetrievalMetrics
+from zoo.registry import HEADS
+from zoo.weights import sha256_file
+
+# preprocessing for heads that bring their own encoder (no backbone)
+DEFAULT_DATA_CONFIG = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bilinear",
+    "mean": timm.data.IMAGENET_DEFAULT_MEAN,
+    "std": timm.data.IMAGENET_DEFAULT_STD,
+    "crop_pct": 1.0,
+    "crop_mode": "center",
+}
+
+
+class ZooModel(L.LightningModule):
+    def __init__(
+        self,
+        backbone: Optional[str] = "resnet50",
+        head: str = "frozen",
+        pretrained: bool = True,
+        weights: Optional[str] = None,
+        model_kwargs: Optional[dict[str, Any]] = None,
+        data_config: Optional[dict[str, Any]] = None,
+        head_kwargs: Optional[dict[str, Any]] = None,
+        freeze_until: Optional[str] = None,
+        lr: float = 1e-3,
+        backbone_lr: float = 1e-5,
+        weight_decay: float = 1e-4,
+        float16_embeddings: bool = False,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            backbone: a registered backbone (`zoo list`), any timm model name, or None for a
+                head with its own encoder (autoencoder).
+            head: a registered head: frozen, triplet, autoencoder, or a plugin's.
+            pretrained: fetch the backbone's hub weights (or use the local cache); without
+                them it runs with random init, loudly.
+            weights: a local .pth/.safetensors state dict for the backbone (offline).
+            model_kwargs: extra timm architecture arguments (e.g. {pad_type: same}).
+            data_config: preprocessing overrides (mean, std, input_size, interpolation,
+                crop_pct, or image_size as a shortcut).
+            head_kwargs: the head's own options (see its class).
+            freeze_until: freeze the backbone up to and including this stage ("all" for the
+                whole backbone, None to train it all). Frozen heads freeze everything.
+            lr: learning rate of the head; backbone_lr: of the unfrozen backbone stages.
+            float16_embeddings: return embeddings as float16 (half the memory).
+            seed: seed of random initialisation, so random-init models are reproducible.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if backbone is not None:
+            check_backbone_name(backbone)
+        HEADS.get(head)  # fails now, with the valid names, if unknown
+        self.backbone: Optional[Backbone] = None
+        self.head: Optional[Head] = None
+        self.val_metrics = RetrievalMetrics()
+        self.last_validation: Optional[dict[str, torch.Tensor]] = None
+
+    # ---- building -------------------------------------------------------------------------
+    def configure_model(self, load_weights: bool = True) -> None:
+        if self.head is not None:
+            return
+        hp = self.hparams
+        if hp.backbone is not None:
+            self.backbone = create_backbone(
+                hp.backbone,
+                pretrained=hp.pretrained and load_weights,
+                weights=hp.weights if load_weights else None,
+                model_kwargs=hp.model_kwargs,
+                data_config=hp.data_config,
+                seed=hp.seed,
+            )
+        if self.backbone is None:
+            in_features = None  # the head brings its own encoder
+        elif getattr(HEADS.get(hp.head), "input", "pooled") == "map":
+            in_features = self.backbone.feature_channels
+        else:
+            in_features = self.backbone.dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hp.seed)
+            self.head = create_head(hp.head, in_features, **(hp.head_kwargs or {}))
+        if self.backbone is not None:
+            if not self.head.trainable or hp.freeze_until == "all":
+                self.backbone.freeze("all")
+            elif hp.freeze_until:
+                self.backbone.freeze(hp.freeze_until)
+
+    def build(self) -> "ZooModel":
+        """Build the networks now (outside a Trainer) and return self."""
+        self.configure_model()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["zoo_weights_id"] = self.weights_id
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # the checkpoint holds every weight: build the networks without fetching any
+        self.configure_model(load_weights=False)
+        self._base_weights_id = checkpoint.get("zoo_weights_id")
+
+    # ---- identity and preprocessing -------------------------------------------------------
+    @property
+    def data_config(self) -> dict:
+        if self.backbone is not None:
+            return dict(self.backbone.data_config)
+        cfg = dict(DEFAULT_DATA_CONFIG)
+        overrides = dict(self.hparams.data_config or {})
+        if "image_size" in overrides:
+            s = int(overrides.pop("image_size"))
+            overrides["input_size"] = (3, s, s)
+        cfg.update(overrides)
+        return cfg
+
+    @property
+    def weights_id(self) -> str:
+        if getattr(self, "checkpoint_id", None):
+            return f"{self.checkpoint_id} (trained from {self._base_weights_id})"
+        return self.backbone.weights_id if self.backbone is not None else f"random init (seed {self.hparams.seed})"
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.head.dim
+
+    @property
+    def architecture(self) -> str:
+        return f"{self.hparams.backbone or 'own-encoder'}+{self.hparams.head}"
+
+    # ---- forward ----------------------------------------------------------------------------
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.backbone is None:
+            return images  # (B, 3, H, W): the head encodes
+        if self.head.input == "map":
+            return self.backbone.forward_features(images)  # (B, C, h, w)
+        return self.backbone(images)  # (B, dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))  # (B, D), L2-normalised
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        emb = self(batch["image"]) if len(batch["index"]) else torch.empty(0, self.embedding_dim)
+        if self.hparams.float16_embeddings:
+            emb = emb.half()
+        return {"index": batch["index"], "embedding": emb, "skipped": batch.get("skipped", [])}
+
+    # ---- training ---------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images, labels = batch["image"], batch.get("label")
+        loss, logs = self.head.training_loss(self.features(images), images, labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        for k, v in logs.items():
+            self.log(f"train/{k}", v, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        emb = self(images)
+        if "label" in batch:
+            self.val_metrics.update(emb, batch["label"], batch.get("is_query"))
+        if self.head.trainable:
+            loss, _ = self.head.training_loss(self.features(images), images, batch.get("label"))
+            self.log("val/loss", loss, batch_size=len(images))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.val_metrics.update_called:
+            return
+        self.last_validation = {  # kept for callbacks (clustering report)
+            "embeddings": dim_zero_cat(self.val_metrics.embeddings).cpu(),
+            "labels": dim_zero_cat(self.val_metrics.labels).cpu(),
+        }
+        summary = self.val_metrics.compute()
+        self.log("val/hit@1", summary["hit@1"], prog_bar=True)
+        self.log("val/p@10", summary["p@10"])
+        self.log("val/map", summary["map"], prog_bar=True)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        head_params = [p for p in self.head.parameters() if p.requires_grad]
+        groups = [{"params": head_params, "lr": hp.lr}] if head_params else []
+        if self.backbone is not None:
+            bb = [p for p in self.backbone.parameters() if p.requires_grad]
+            if bb:
+                groups.append({"params": bb, "lr": hp.backbone_lr})
+        if not groups:
+            raise ZooError(f"nothing to train: head '{hp.head}' has no trainable parameters and the backbone is frozen")
+        return torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+
+
+def load_model(checkpoint: str) -> ZooModel:
+    """A trained ZooModel from a Lightning checkpoint, ready to embed (eval mode)."""
+    from pathlib import Path
+
+    if not Path(checkpoint).is_file():
+        raise ZooError(f"checkpoint not found: {checkpoint}")
+    try:
+        model = ZooModel.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    except (KeyError, RuntimeError, EOFError) as e:
+        raise ZooError(f"cannot load checkpoint {checkpoint}: {str(e).splitlines()[0]}") from e
+    model.checkpoint_path = str(Path(checkpoint).resolve())
+    model.checkpoint_id = f"checkpoint:{Path(checkpoint).name} sha256:{sha256_file(checkpoint)[:16]}"
+    model.eval()
+    return model
