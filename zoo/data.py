@@ -126,11 +126,17 @@ class ImageDataset(Dataset):
         return {"index": i, "image": self.transform(image)}
 
 
-def collate(items: list[dict]) -> dict:
-    """Stack the good items; keep (index, reason) of the bad ones."""
-    good = [it for it in items if "image" in it]
-    return {
-        "image": torch.stack([it["image"] for it in good]) if good else torch.empty(0),
-        "index": torch.tensor([it["index"] for it in good], dtype=torch.long),
-        "skipped": [(it["index"], it["error"]) for it in items if "error" in it],
-    }
+def collate(items: list[dict], pairs: bool = False) -> dict:
+    """Batch the decodable items; keep (index, reason) of the others in ``skipped``.
+
+    pairs: each item holds two views (2, ...) that become two rows of the batch.
+    """
+    good = [it for it in items if "error" not in it]
+    out: dict = {"skipped": [(it["index"], it["error"]) for it in items if "error" in it]}
+    for key in good[0].keys() if good else ("image", "index"):
+        values = [torch.as_tensor(it[key]) for it in good]
+        if not values:
+            out[key] = torch.empty(0, dtype=torch.long)
+        else:
+            out[key] = torch.cat(values) if pairs else torch.stack(values)
+    return out

@@ -38,6 +38,8 @@ class Hit:
 
 def model_identity(model) -> dict[str, Any]:
     """What an index records about the model that made it."""
+    from zoo.model import model_config
+
     hp = dict(model.hparams)
     ident = {
         "architecture": model.architecture,
@@ -46,7 +48,7 @@ def model_identity(model) -> dict[str, Any]:
         "weights": model.weights_id,
         "dim": model.embedding_dim,
         "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()},
-        "hparams": json.loads(json.dumps(hp, default=str)),
+        "hparams": json.loads(json.dumps(model_config(hp), default=str)),
     }
     if getattr(model, "checkpoint_id", None):
         ident["checkpoint"] = str(Path(model.checkpoint_path).resolve())
@@ -134,13 +136,13 @@ class ZooIndex:
     def model(self):
         """The model that built this index, rebuilt from the metadata."""
         if self._model is None:
-            from zoo.model import ZooModel, load_model
+            from zoo.model import ZooModel, load_model, model_config
 
             m = self.meta["model"]
             if m.get("checkpoint"):
                 model = load_model(m["checkpoint"])
             else:
-                model = ZooModel(**m["hparams"])
+                model = ZooModel(**model_config(m["hparams"]))
             model.build()
             self.check_model(model)  # e.g. the weights file changed since
             self._model = model

@@ -206,6 +206,14 @@ class ZooModel(L.LightningModule):
         return torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
 
 
+def model_config(hparams: dict) -> dict:
+    """The ZooModel constructor arguments among ``hparams`` (which may carry extra keys)."""
+    import inspect
+
+    names = set(inspect.signature(ZooModel.__init__).parameters) - {"self"}
+    return {k: v for k, v in dict(hparams).items() if k in names}
+
+
 def load_model(checkpoint: str) -> ZooModel:
     """A trained ZooModel from a Lightning checkpoint, ready to embed (eval mode)."""
     from pathlib import Path

@@ -1,0 +1,395 @@
+"""The ``zoo`` command: LightningCLI with one Trainer method per extra subcommand.
+
+    zoo fit --config configs/triplet/resnet50.yaml
+    zoo index --images DIR --out my.index --backbone resnet50
+    zoo search --query q.jpg --index my.index -k 10 --grid out.png
+    zoo compare --images a.jpg b.jpg c.jpg [--matrix out]
+    zoo duplicates --images DIR --threshold 0.95
+    zoo benchmark --backbone resnet50 vgg16
+    zoo list 'res*'
+
+Options of the model (``--model.*``), the trainer (``--trainer.*``: accelerator, devices,
+precision, ...) and the data (``--data.*``) come from the classes' signatures.
+"""
+from __future__ import annotations
+
+import json as _json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from zoo.datamodule import ZooDataModule
+from zoo.errors import ZooError
+from zoo.model import ZooModel, load_model, model_config
+
+
+def resolve_model(model: ZooModel, backbone: Optional[str] = None, checkpoint: Optional[str] = None) -> ZooModel:
+    """The model a command embeds with: a trained checkpoint, the --model.* config, or that
+    config with another backbone (``--backbone`` shortcut)."""
+    if checkpoint:
+        return load_model(checkpoint)
+    if backbone and backbone != model.hparams.backbone:
+        return ZooModel(**{**model_config(model.hparams), "backbone": backbone})
+    return model
+
+
+class ZooTrainer(L.Trainer):
+    """Lightning's Trainer plus zoo's commands: every batch model run goes through it."""
+
+    def index(
+        self,
+        model: ZooModel,
+        images: Optional[str] = None,
+        out: str = "zoo.index",
+        backbone: Optional[str] = None,
+        checkpoint: Optional[str] = None,
+        factory: str = "Flat",
+        overwrite: bool = False,
+        update: bool = False,
+        video: Optional[str] = None,
+        every: int = 1,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        datamodule: Any = None,
+    ) -> None:
+        """Embed a folder of images (or a video's frames) into a persistent FAISS index.
+
+        Args:
+            images: folder of images (recursive; class = parent folder name).
+            out: index folder to write.
+            backbone: shortcut for --model.backbone.
+            checkpoint: a trained zoo checkpoint to embed with, instead of --model.*.
+            factory: FAISS index_factory string (Flat = exact; e.g. HNSW32, IVF256,Flat, SQfp16).
+            overwrite: replace an existing index.
+            update: add only files the existing index does not hold.
+            video: index this video's frames instead of a folder.
+            every: with --video, keep every N-th frame.
+        """
+        from zoo.index import build_index
+
+        if (images is None) == (video is None):
+            raise ZooError("give a folder (--images DIR) or a video (--video FILE)")
+        if video is not None:
+            from zoo.video import video_records
+
+            records = video_records(video, every=every)
+        else:
+            records = images
+        index = build_index(
+            records, None if update else resolve_model(model, backbone, checkpoint), out=out, factory=factory,
+            overwrite=overwrite, update=update, trainer=self, batch_size=batch_size, num_workers=num_workers,
+        )
+        print(f"zoo: indexed {len(index)} items with {index.describe()} -> {out}")
+
+    def search(
+        self,
+        model: ZooModel,
+        query: list[str],
+        index: str = "zoo.index",
+        k: int = 10,
+        json: bool = False,
+        grid: Optional[str] = None,
+        overwrite: bool = False,
+        backbone: Optional[str] = None,
+        checkpoint: Optional[str] = None,
+        datamodule: Any = None,
+    ) -> None:
+        """Rank the indexed images by cosine similarity to each query image.
+
+        Args:
+            query: query image file(s).
+            index: index folder made by `zoo index`.
+            k: number of results.
+            json: print JSON instead of a table.
+            grid: save a PNG of each query and its top k.
+            backbone: embed queries with this backbone (must match the index's).
+            checkpoint: embed queries with this trained checkpoint (must match the index's).
+        """
+        from zoo.index import load_index
+        from zoo.io import refuse_overwrite
+
+        idx = load_index(index)
+        if grid:
+            refuse_overwrite(grid, overwrite)
+        qmodel = resolve_model(model, backbone, checkpoint).build() if (backbone or checkpoint) else None
+        if json and self.progress_bar_callback is not None:
+            self.progress_bar_callback.disable()  # stdout carries the JSON alone
+        results = idx.search(query, k=k, model=qmodel, trainer=self)
+        if json:
+            out = [{"query": str(Path(q).resolve()), "model": idx.meta["model"]["architecture"],
+                    "weights": idx.meta["model"]["weights"], "results": [h.__dict__ for h in hits]}
+                   for q, hits in zip(query, results)]
+            print(_json.dumps(out, indent=2))
+        else:
+            print(f"index: {index} ({len(idx)} items, {idx.describe()})")
+            for q, hits in zip(query, results):
+                print(f"\nquery: {q}")
+                print(f"{'rank':>4}  {'cosine':>7}  path")
+                for h in hits:
+                    extra = f"  [frame {h.frame}, {h.time:.2f}s]" if h.frame is not None else ""
+                    print(f"{h.rank:>4}  {h.similarity:7.4f}  {h.path}{extra}")
+        if grid:
+            from zoo.plots import topk_grid
+
+            topk_grid([(q, None, hits) for q, hits in zip(query, results)], grid,
+                      title=f"{idx.describe()}")
+            print(f"zoo: grid -> {grid}", file=sys.stderr)
+
+    def compare(
+        self,
+        model: ZooModel,
+        images: list[str],
+        matrix: Optional[str] = None,
+        overwrite: bool = False,
+        backbone: Optional[str] = None,
+        checkpoint: Optional[str] = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        datamodule: Any = None,
+    ) -> None:
+        """Similarity in [0, 1] of each pair of images (1 = same content).
+
+        Args:
+            images: two or more image files, or a folder.
+            matrix: write the all-versus-all cosine distance matrix to MATRIX.csv and MATRIX.npy.
+        """
+        from zoo.compare import run_compare
+
+        run_compare(resolve_model(model, backbone, checkpoint), images, matrix=matrix, overwrite=overwrite,
+                    trainer=self, batch_size=batch_size, num_workers=num_workers)
+
+    def duplicates(
+        self,
+        model: ZooModel,
+        images: Optional[str] = None,
+        index: Optional[str] = None,
+        threshold: float = 0.95,
+        out: str = "duplicates",
+        overwrite: bool = False,
+        exact_only: bool = False,
+        plots: bool = False,
+        move_to: Optional[str] = None,
+        undo: Optional[str] = None,
+        backbone: Optional[str] = None,
+        checkpoint: Optional[str] = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        datamodule: Any = None,
+    ) -> None:
+        """Find exact and near-duplicate groups in a folder or an index.
+
+        Args:
+            images: folder to scan (exact duplicates by hash first, then near duplicates).
+            index: an existing index to search for near duplicates (no model run).
+            threshold: cosine similarity at or above which two images are near duplicates.
+            out: output folder for groups.json, pairs.csv, groups.csv, similarity histogram.
+            exact_only: only identical files (by hash), no model.
+            plots: also save a PNG per group.
+            move_to: quarantine all but one image of each group into this folder (with a manifest).
+            undo: a quarantine manifest to undo (moves the files back).
+        """
+        from zoo.duplicates import run_duplicates, undo_quarantine
+
+        if undo:
+            undo_quarantine(undo)
+            return
+        run_duplicates(
+            resolve_model(model, backbone, checkpoint), images=images, index=index, threshold=threshold, out=out,
+            overwrite=overwrite, exact_only=exact_only, plots=plots, move_to=move_to, trainer=self,
+            batch_size=batch_size, num_workers=num_workers,
+        )
+
+    def benchmark(
+        self,
+        model: ZooModel,
+        backbone: Optional[list[str]] = None,
+        head: Optional[list[str]] = None,
+        checkpoint: Optional[list[str]] = None,
+        architectures: Optional[list[dict[str, Any]]] = None,
+        images: Optional[str] = None,
+        query: Optional[str] = None,
+        gallery: Optional[str] = None,
+        protocol: str = "auto",
+        query_fraction: float = 0.2,
+        seed: int = 0,
+        k: int = 10,
+        out: str = "benchmark-results",
+        overwrite: bool = False,
+        samples: int = 3,
+        wandb: bool = False,
+        wandb_project: str = "zoo",
+        batch_size: int = 32,
+        num_workers: int = 2,
+        datamodule: Any = None,
+    ) -> None:
+        """Compare architectures (backbone x head, or checkpoints) on the same images.
+
+        Args:
+            backbone: backbones to compare, each with the --model.* settings (default: --model.backbone).
+            head: heads to combine with each backbone (default: --model.head).
+            checkpoint: trained zoo checkpoints to compare as well.
+            architectures: a list of --model.* settings, one per architecture (from a config file).
+            images: a labelled folder (class = parent folder); default: the built-in digits demo set.
+            query: a folder of queries, searched against --gallery (protocol query-gallery).
+            gallery: the folder searched by --query.
+            protocol: auto, loo (leave-one-out), split (seeded stratified query/gallery split), query-gallery.
+            query_fraction: share of each class used as queries with protocol split.
+            k: depth of the top-k confusion and of the sample grids.
+            out: output folder (results.csv, results.json, report.md, PNG charts and grids).
+            samples: sample queries per architecture shown in the top-k grids.
+            wandb: also log the run to Weights & Biases (offline unless W&B is set up).
+        """
+        from zoo.benchmark import Architecture, run_benchmark
+
+        archs = Architecture.from_cli(model, backbone, head, checkpoint, architectures)
+        run_benchmark(
+            archs, images=images, query=query, gallery=gallery, protocol=protocol, query_fraction=query_fraction,
+            seed=seed, k=k, out=out, overwrite=overwrite, samples=samples, use_wandb=wandb,
+            wandb_project=wandb_project, trainer=self, batch_size=batch_size, num_workers=num_workers,
+        )
+
+    def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False, datamodule: Any = None) -> None:
+        """List registered backbones and heads (wildcards allowed, e.g. 'res*').
+
+        Args:
+            pattern: shell-style wildcard on names.
+            timm: also list matching timm model names (any of them works as --model.backbone).
+        """
+        from zoo.registry import BACKBONES, HEADS
+
+        print("backbones:")
+        for name in BACKBONES.list(pattern):
+            doc = (BACKBONES.get(name).__doc__ or "").strip().splitlines()
+            print(f"  {name:24s} {doc[0] if doc else ''}")
+        print("heads:")
+        for name in HEADS.list(pattern):
+            print(f"  {name}")
+        if timm:
+            import timm as _timm
+
+            names = _timm.list_models(pattern)
+            print(f"timm models ({len(names)}):")
+            for name in names:
+                print(f"  timm/{name}")
+
+
+ZooTrainer.list = ZooTrainer.list_registered  # `zoo list`
+
+
+class FitConfigSaver(SaveConfigCallback):
+    """Save the run's config next to its logs, for training only."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
+class ZooCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        extra = {"model", "datamodule"}
+        return {
+            **LightningCLI.subcommands(),
+            "index": extra, "search": extra, "compare": extra, "duplicates": extra,
+            "benchmark": extra, "list": extra,
+        }
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({
+            "trainer.max_epochs": 10,
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            "trainer.callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"monitor": "val/map", "mode": "max", "save_last": True,
+                               "filename": "best-{epoch}-{step}"}},
+            ],
+        })
+
+
+# option names whose values are lists: `--backbone a b c` becomes `--backbone ["a","b","c"]`
+LIST_OPTIONS = {
+    "benchmark": {"--backbone", "--head", "--checkpoint"},
+    "search": {"--query"},
+    "compare": {"--images"},
+}
+
+
+# switches that may stand alone: `--overwrite` means `--overwrite true`
+SWITCHES = {"--json", "--overwrite", "--update", "--plots", "--exact_only", "--wandb"}
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """Space-separated list values, bare switches and ``-k N`` (jsonargparse wants JSON lists,
+    ``--switch true`` and ``--k``)."""
+    if not argv:
+        return argv
+    lists = LIST_OPTIONS.get(argv[0], set())
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "-k":
+            a = "--k"
+        if a in SWITCHES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out += [a, "true"]
+            i += 1
+            continue
+        if a in lists:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("-"):
+                j += 1
+            values = argv[i + 1 : j]
+            if len(values) == 1 and values[0].lstrip().startswith("["):
+                out += [a, values[0]]
+            else:
+                out += [a, _json.dumps(values)]
+            i = j
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's useful lines (devices), drop its advertising and a known deprecation."""
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+    warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    quiet_lightning()
+    saved_argv, sys.argv = sys.argv, [saved_argv_name(), *argv]
+    try:
+        ZooCLI(
+            ZooModel,
+            ZooDataModule,
+            trainer_class=ZooTrainer,
+            save_config_callback=FitConfigSaver,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+        )
+    except ZooError as e:
+        print(f"zoo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+def saved_argv_name() -> str:
+    return "zoo"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

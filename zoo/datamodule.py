@@ -1,0 +1,175 @@
+"""Training data: a labelled folder split into train / held-out, P x K balanced batches.
+
+Held-out images of each class are split again into queries and gallery, for retrieval
+validation. Without labels, each training image comes with an augmented copy as its positive
+(its own "class" of two), and the other images of the batch are its negatives.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from functools import partial
+from typing import Optional
+
+import lightning as L
+import torch
+from pytorch_metric_learning.samplers import MPerClassSampler
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from zoo.data import Record, collate, load_image, scan_folder
+from zoo.errors import ZooError
+
+
+def augmentation(data_config: dict) -> T.Compose:
+    """The positive-making augmentations: rotation, shifts, brightness, shear, zoom, flips."""
+    size = data_config["input_size"][1:]
+    return T.Compose([
+        T.Resize(size, interpolation=T.InterpolationMode.BILINEAR),
+        T.RandomAffine(degrees=20, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=10),
+        T.ColorJitter(brightness=0.3),
+        T.RandomHorizontalFlip(),
+        T.RandomVerticalFlip(p=0.2),
+        T.ToTensor(),
+        T.Normalize(data_config["mean"], data_config["std"]),
+    ])
+
+
+class LabelledImages(Dataset):
+    """records with class ids -> {"image", "label", "is_query", "index"}."""
+
+    def __init__(self, records: list[Record], labels: list[int], transform, is_query: Optional[list[bool]] = None):
+        self.records, self.labels, self.transform = records, labels, transform
+        self.is_query = is_query
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            image = load_image(self.records[i].path)
+        except ValueError as e:
+            return {"index": i, "error": str(e)}
+        item = {"index": i, "image": self.transform(image), "label": self.labels[i]}
+        if self.is_query is not None:
+            item["is_query"] = self.is_query[i]
+        return item
+
+
+class AugmentedPairs(Dataset):
+    """Unlabelled records -> two augmented views of one image, labelled with its index."""
+
+    def __init__(self, records: list[Record], transform):
+        self.records, self.transform = records, transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        try:
+            image = load_image(self.records[i].path)
+        except ValueError as e:
+            return {"index": i, "error": str(e)}
+        views = torch.stack([self.transform(image), self.transform(image)])  # (2, 3, H, W)
+        return {"index": torch.tensor([i, i]), "image": views, "label": torch.tensor([i, i])}
+
+
+class ZooDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        val_fraction: float = 0.2,
+        batch_size: int = 32,
+        samples_per_class: int = 4,
+        num_workers: int = 2,
+        use_labels: bool = True,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            root: image folder; the class is the parent folder's name.
+            val_fraction: share of each class held out for validation (queries + gallery).
+            batch_size: images per batch = classes per batch x samples_per_class.
+            samples_per_class: K of the P x K sampler (images of one class in a batch).
+            use_labels: False trains with augmentation positives even if folders name classes.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if samples_per_class < 2:
+            raise ZooError(f"samples_per_class={samples_per_class}: a class needs at least 2 images per batch to give a positive")
+        if batch_size % samples_per_class or batch_size // samples_per_class < 2:
+            raise ZooError(
+                f"batch_size={batch_size} does not fit the sampler: it must be a multiple of samples_per_class="
+                f"{samples_per_class} holding at least 2 classes (e.g. --data.batch_size {2 * samples_per_class} or more)"
+            )
+        self.train_records: list[Record] = []
+        self.val_records: list[Record] = []
+
+    def split(self) -> None:
+        hp = self.hparams
+        if hp.root is None:
+            raise ZooError("no training data: pass --data.root DIR")
+        records = scan_folder(hp.root)
+        by_class: dict[Optional[str], list[Record]] = defaultdict(list)
+        for r in records:
+            by_class[r.label if hp.use_labels else None].append(r)
+        self.labelled = None not in by_class and len(by_class) >= 2
+        self.classes = sorted(by_class) if self.labelled else []
+        rng = random.Random(hp.seed)
+        train, val, is_query = [], [], []
+        for name in sorted(by_class, key=str):
+            items = by_class[name][:]
+            rng.shuffle(items)
+            n_val = int(round(len(items) * hp.val_fraction)) if len(items) > 2 else 0
+            val_part = items[:n_val]
+            train += items[n_val:]
+            val += val_part
+            is_query += [i < (n_val + 1) // 2 for i in range(n_val)]  # half queries, half gallery
+        self.train_records, self.val_records, self.val_is_query = train, val, is_query
+        if self.labelled:
+            per_class = defaultdict(int)
+            for r in train:
+                per_class[r.label] += 1
+            usable = sum(1 for n in per_class.values() if n >= hp.samples_per_class)
+            P = hp.batch_size // hp.samples_per_class
+            if usable < P:
+                raise ZooError(
+                    f"the sampler needs {P} classes with >= {hp.samples_per_class} training images each per batch "
+                    f"(batch_size={hp.batch_size}); {hp.root} has {usable}: lower --data.batch_size"
+                )
+
+    def setup(self, stage: str) -> None:
+        if not self.train_records:
+            self.split()
+        model = self.trainer.lightning_module
+        model.build()
+        cfg = model.data_config
+        import timm
+
+        eval_tf = timm.data.create_transform(**cfg, is_training=False)
+        train_tf = augmentation(cfg)
+        ids = {c: i for i, c in enumerate(self.classes)}
+        if self.labelled:
+            self.train_set = LabelledImages(self.train_records, [ids[r.label] for r in self.train_records], train_tf)
+        else:
+            self.train_set = AugmentedPairs(self.train_records, train_tf)
+        self.val_set = (
+            LabelledImages(self.val_records, [ids[r.label] for r in self.val_records], eval_tf, self.val_is_query)
+            if self.labelled and self.val_records else None
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        common = dict(num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+        if self.labelled:
+            sampler = MPerClassSampler(self.train_set.labels, m=hp.samples_per_class, batch_size=hp.batch_size,
+                                       length_before_new_iter=len(self.train_set))
+            return DataLoader(self.train_set, batch_size=hp.batch_size, sampler=sampler, collate_fn=collate, drop_last=True, **common)
+        return DataLoader(self.train_set, batch_size=hp.batch_size // 2, shuffle=True, drop_last=True,
+                          collate_fn=partial(collate, pairs=True), **common)
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        return DataLoader(self.val_set, batch_size=self.hparams.batch_size, collate_fn=collate,
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
