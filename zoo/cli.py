@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from zoo.datamodule import ZooDataModule
@@ -334,6 +335,9 @@ def normalise_argv(argv: list[str]) -> list[str]:
         a = argv[i]
         if a == "-k":
             a = "--k"
+        elif a.startswith("--") and "-" in a[2:]:  # --move-to == --move_to
+            name, eq, value = a.partition("=")
+            a = "--" + name[2:].replace("-", "_") + eq + value
         if a in SWITCHES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
             out += [a, "true"]
             i += 1
@@ -375,9 +379,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in ZooCLI.subcommands()}},
         )
     except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
+        return 2
+    except ArgumentError as e:  # a bad option or value, as one line
+        message = " ".join(str(e).split())
+        print(f"zoo: error: {message[:400]} (see `zoo {argv[0] if argv else ''} --help`)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)

@@ -68,7 +68,7 @@ class Registry:
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str], extra: Iterable[str] = ()) -> str:
-    close = difflib.get_close_matches(name, list(valid) + list(extra), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(dict.fromkeys([*valid, *extra])), n=5, cutoff=0.6)
     hint = f"did you mean: {', '.join(close)}? " if close else ""
     return f"unknown {kind} '{name}'; {hint}registered: {', '.join(valid)} (see `zoo list`)"
 

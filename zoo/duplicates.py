@@ -1,0 +1,245 @@
+"""``zoo duplicates``: exact duplicates by hash, near duplicates by FAISS range search.
+
+Memory stays linear in N: FAISS range search returns only the pairs above the threshold, in
+chunks of queries, and groups are the connected components of those pairs (union-find).
+Nothing is deleted; ``--move-to`` quarantines all but one image per group and writes a
+manifest that ``--undo`` uses to put them back.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import faiss
+import numpy as np
+
+from zoo.data import scan_folder
+from zoo.errors import ZooError
+from zoo.io import atomic_path, write_json
+
+
+# ---- exact duplicates ---------------------------------------------------------------------
+def file_digest(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def exact_groups(paths: list[str]) -> list[list[str]]:
+    """Files with identical bytes (same size first, then same hash)."""
+    by_size = defaultdict(list)
+    for p in paths:
+        by_size[os.path.getsize(p)].append(p)
+    groups = []
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        by_hash = defaultdict(list)
+        for p in same_size:
+            by_hash[file_digest(p)].append(p)
+        groups += [sorted(g) for g in by_hash.values() if len(g) > 1]
+    return sorted(groups)
+
+
+# ---- near duplicates ----------------------------------------------------------------------
+def similar_pairs(vectors: np.ndarray, threshold: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i < j) with cosine similarity >= threshold; memory O(N + pairs).
+
+    returns pairs (P, 2) int64 and their similarities (P,) float32.
+    """
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    faiss.normalize_L2(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    pairs, sims = [], []
+    for start in range(0, len(x), chunk):
+        lims, D, I = index.range_search(x[start : start + chunk], threshold - 1e-6)
+        q = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
+        keep = I > q  # each pair once, no self pairs
+        pairs.append(np.stack([q[keep], I[keep]], axis=1))
+        sims.append(D[keep])
+    if not pairs:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    return np.concatenate(pairs).astype(np.int64), np.concatenate(sims).astype(np.float32)
+
+
+def connected_components(n: int, pairs: np.ndarray) -> list[list[int]]:
+    """Groups (size >= 2) of the graph with ``n`` nodes and edges ``pairs``, via union-find."""
+    parent = np.arange(n)
+
+    def find(a: int) -> int:
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:  # path compression
+            parent[a], a = root, parent[a]
+        return root
+
+    for a, b in pairs:
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups = defaultdict(list)
+    for i in range(n):
+        groups[find(i)].append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def nearest_similarities(vectors: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Cosine similarity of each vector to its nearest other vector (for the histogram)."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    faiss.normalize_L2(x)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    out = []
+    for start in range(0, len(x), chunk):
+        D, I = index.search(x[start : start + chunk], 2)
+        self_first = I[:, 0] == np.arange(start, start + len(D))
+        out.append(np.where(self_first, D[:, 1], D[:, 0]))
+    return np.concatenate(out)
+
+
+# ---- the command ------------------------------------------------------------------------
+def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicates", overwrite=False,
+                   exact_only=False, plots=False, move_to=None, trainer=None, batch_size=32, num_workers=0) -> dict:
+    from zoo.embed import embed
+    from zoo.index import load_index
+
+    if (images is None) == (index is None):
+        raise ZooError("give a folder (--images DIR) or an index (--index PATH)")
+    if not 0.0 < threshold <= 1.0:
+        raise ZooError(f"--threshold {threshold}: a cosine similarity in (0, 1] is expected")
+    out = Path(out)
+    if (out / "groups.json").exists() and not overwrite:
+        raise ZooError(f"{out} already holds duplicate results; pass --overwrite or another --out")
+
+    exact: list[list[str]] = []
+    if index is not None:
+        idx = load_index(index)
+        paths = idx.paths
+        vectors = idx.index.reconstruct_n(0, len(idx))
+        model_desc = idx.describe()
+    else:
+        records = scan_folder(images)
+        exact = exact_groups([r.path for r in records])
+        print(f"zoo: {len(exact)} group(s) of identical files (by hash)", file=sys.stderr)
+        if exact_only:
+            paths, vectors, model_desc = [], None, None
+        else:
+            # one copy of each identical group goes through the model
+            dup_extra = {p for g in exact for p in g[1:]}
+            emb = embed(model.build(), [r for r in records if r.path not in dup_extra], trainer=trainer,
+                        batch_size=batch_size, num_workers=num_workers)
+            paths, vectors = [r.path for r in emb.records], emb.vectors
+            model_desc = f"{model.architecture} (weights: {model.weights_id})"
+
+    near: list[dict] = []
+    pair_rows = []
+    hist = None
+    if vectors is not None and len(paths) > 1:
+        pairs, sims = similar_pairs(vectors, threshold)
+        for (a, b), s in zip(pairs, sims):
+            pair_rows.append((paths[a], paths[b], float(s)))
+        for g in connected_components(len(paths), pairs):
+            members = set(g)
+            inside = [float(s) for (a, b), s in zip(pairs, sims) if a in members]
+            near.append({"paths": [paths[i] for i in g], "min_similarity": min(inside), "max_similarity": max(inside)})
+        hist = nearest_similarities(vectors)
+
+    exact_set = [sorted(g) for g in exact]
+    result = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": str(images or index), "threshold": threshold, "model": model_desc,
+        "exact_groups": exact_set, "near_groups": near,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "groups.json", result)
+    with atomic_path(out / "pairs.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path_a", "path_b", "similarity", "kind"])
+        for g in exact_set:
+            for p in g[1:]:
+                w.writerow([g[0], p, "1.000000", "exact"])
+        for a, b, s in pair_rows:
+            w.writerow([a, b, f"{s:.6f}", "near"])
+    with atomic_path(out / "groups.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "kind", "path"])
+        for i, g in enumerate(exact_set):
+            w.writerows([[f"exact-{i}", "exact", p] for p in g])
+        for i, g in enumerate(near):
+            w.writerows([[f"near-{i}", "near", p] for p in g["paths"]])
+    if hist is not None:
+        from zoo.plots import histogram
+
+        histogram(hist, out / "nearest_similarity.png", f"nearest-neighbour cosine similarity ({model_desc})",
+                  "cosine similarity to the nearest other image", marks=[threshold])
+    if plots:
+        from zoo.index import Hit
+        from zoo.plots import topk_grid
+
+        for i, g in enumerate(near[:100]):
+            hits = [Hit(rank=j + 1, similarity=float("nan"), path=p) for j, p in enumerate(g["paths"][1:12])]
+            topk_grid([(g["paths"][0], None, hits)], out / f"group_{i:03d}.png", title=f"near-duplicate group {i}")
+    print(f"zoo: {len(exact_set)} exact and {len(near)} near-duplicate group(s) at cosine >= {threshold} -> {out}/groups.json, groups.csv, pairs.csv")
+    for i, g in enumerate(exact_set + [g["paths"] for g in near]):
+        print(f"  group {i}: " + "  ".join(g))
+    if move_to:
+        quarantine(exact_set + [g["paths"] for g in near], Path(move_to))
+    return result
+
+
+def quarantine(groups: list[list[str]], dest: Path) -> Path:
+    """Move all but the first image of each group under ``dest``; write a manifest to undo it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    manifest = dest / f"manifest-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.json"
+    moves, seen = [], set()
+    for gi, g in enumerate(groups):
+        keep = g[0]
+        for p in g[1:]:
+            if p in seen or p == keep or not Path(p).exists():
+                continue
+            seen.add(p)
+            target = dest / f"group{gi:04d}" / Path(p).name
+            n = 1
+            while target.exists():
+                target = target.with_name(f"{Path(p).stem}-{n}{Path(p).suffix}")
+                n += 1
+            moves.append({"from": str(Path(p).resolve()), "to": str(target.resolve()), "kept": keep})
+    write_json(manifest, {"moves": moves})  # written before anything moves
+    for m in moves:
+        Path(m["to"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(m["from"], m["to"])
+    print(f"zoo: moved {len(moves)} file(s) to {dest}; undo with `zoo duplicates --undo {manifest}`")
+    return manifest
+
+
+def undo_quarantine(manifest: str | Path) -> int:
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise ZooError(f"no such manifest: {manifest}")
+    moves = json.loads(manifest.read_text())["moves"]
+    restored = 0
+    for m in moves:
+        src, dst = Path(m["to"]), Path(m["from"])
+        if not src.exists():
+            print(f"zoo: warning: {src} is gone; cannot restore {dst}", file=sys.stderr)
+            continue
+        if dst.exists():
+            print(f"zoo: warning: {dst} exists again; leaving {src} where it is", file=sys.stderr)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(dst))
+        restored += 1
+    print(f"zoo: restored {restored} of {len(moves)} file(s)")
+    return restored
