@@ -44,9 +44,11 @@ class Architecture:
         base = model_config(model.hparams)
         archs: list[Architecture] = []
         for cfg in architectures or []:
+            cfg = dict(cfg)
+            name = cfg.pop("name", None)
             m = ZooModel(**{**base, **cfg})
-            archs.append(Architecture(cfg.get("name") or m.architecture, m))
-        if backbones or heads or not (architectures or checkpoints):
+            archs.append(Architecture(name or m.architecture, m))
+        if backbones or heads or not (architectures or checkpoints):  # the --model.* architecture
             for b in backbones or [base["backbone"]]:
                 for h in heads or [base["head"]]:
                     m = ZooModel(**{**base, "backbone": b, "head": h})

@@ -1,0 +1,111 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import zoo
+from zoo.errors import ZooError
+from conftest import TINY, save
+
+
+def tiny_model(**kw):
+    return zoo.ZooModel("resnet50", pretrained=False, data_config={"image_size": 64}, **kw)
+
+
+@pytest.fixture
+def gallery(shapes_dir):
+    q = shapes_dir / "circle" / "000.png"
+    Image.open(q).resize((36, 36)).save(shapes_dir / "circle" / "resized_copy.jpg", quality=60)
+    (shapes_dir / "notes.txt").write_text("a text file")
+    (shapes_dir / "square" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return shapes_dir
+
+
+def test_index_then_search_finds_itself_then_resized_copy(gallery, tmp_path, capsys):
+    out = tmp_path / "g.index"
+    idx = zoo.build_index(gallery, tiny_model(), out=out)
+    err = capsys.readouterr().err
+    assert "notes.txt: not an image" in err and "broken.jpg: corrupt or truncated" in err
+    assert len(idx) == 13 and not any(p.endswith(("notes.txt", "broken.jpg")) for p in idx.paths)
+    loaded = zoo.load_index(out)
+    assert loaded.meta["model"]["weights"] == "random init (seed 0)" and loaded.meta["model"]["dim"] == 2048
+    assert loaded.meta["model"]["preprocessing"]["input_size"] == [3, 64, 64]
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in loaded.meta["skipped"]) == ["broken.jpg", "notes.txt"]
+    hits = loaded.search(str(gallery / "circle" / "000.png"), k=3)  # rebuilds the model from metadata
+    assert hits[0].path.endswith("circle/000.png") and hits[0].similarity == pytest.approx(1.0, abs=1e-4)
+    assert hits[1].path.endswith("circle/resized_copy.jpg") and hits[0].label == "circle"
+    assert hits[0].similarity >= hits[1].similarity >= hits[2].similarity
+
+
+def test_existing_index_is_not_overwritten_without_flag(shapes_dir, tmp_path):
+    out = tmp_path / "a.index"
+    zoo.build_index(shapes_dir, tiny_model(), out=out)
+    before = (out / "meta.json").read_bytes()
+    with pytest.raises(ZooError, match="already exists; pass --overwrite"):
+        zoo.build_index(shapes_dir, tiny_model(), out=out)
+    assert (out / "meta.json").read_bytes() == before
+    zoo.build_index(shapes_dir / "circle", tiny_model(), out=out, overwrite=True)
+    assert len(zoo.load_index(out)) == 4
+    user_dir = tmp_path / "mine"
+    user_dir.mkdir()
+    (user_dir / "precious.txt").write_text("keep")
+    with pytest.raises(ZooError, match="not a zoo index; refusing"):
+        zoo.build_index(shapes_dir, tiny_model(), out=user_dir, overwrite=True)
+    assert (user_dir / "precious.txt").read_text() == "keep"
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary leftovers
+
+
+def test_update_adds_only_new_files(shapes_dir, tmp_path, capsys):
+    out = tmp_path / "u.index"
+    zoo.build_index(shapes_dir, tiny_model(), out=out)
+    save(Image.new("RGB", (48, 48), (9, 9, 9)), shapes_dir / "square" / "new.png")
+    capsys.readouterr()
+    idx = zoo.build_index(shapes_dir, out=out, update=True)
+    assert "1 new file(s) to add to 12 indexed" in capsys.readouterr().out
+    assert len(idx) == 13 and zoo.load_index(out).paths[-1].endswith("square/new.png")
+
+
+def test_search_with_another_model_is_refused(shapes_dir, tmp_path):
+    out = tmp_path / "m.index"
+    idx = zoo.build_index(shapes_dir, tiny_model(), out=out)
+    other = zoo.ZooModel("timm/resnet18", pretrained=False, data_config={"image_size": 64})
+    with pytest.raises(ZooError, match="model mismatch: the index was built with resnet50\\+frozen \\(dim 2048.*timm/resnet18\\+frozen \\(dim 512"):
+        idx.search(str(shapes_dir / "circle" / "000.png"), model=other.build())
+    with pytest.raises(ZooError, match="query embeddings have dim 512, the index has dim 2048"):
+        idx.search_vectors(np.ones((1, 512), np.float32))
+
+
+def test_float16_embeddings_and_factory(shapes_dir, tmp_path):
+    from zoo.data import scan_folder
+    from zoo.embed import embed
+
+    m = tiny_model(float16_embeddings=True)
+    e = embed(m, scan_folder(shapes_dir))
+    assert e.vectors.dtype == np.float16 and e.vectors.shape == (12, 2048)
+    idx = zoo.build_index(shapes_dir, m, out=tmp_path / "h.index", factory="SQfp16")
+    hits = idx.search(str(shapes_dir / "square" / "001.png"), k=1)
+    assert hits[0].path.endswith("square/001.png") and hits[0].similarity == pytest.approx(1.0, abs=1e-2)
+    with pytest.raises(ZooError, match="bad FAISS index factory string 'Nope'"):
+        zoo.build_index(shapes_dir, m, factory="Nope")
+
+
+def test_cli_index_search_json_and_grid(shapes_dir, tmp_path, zoo_cli):
+    out = tmp_path / "c.index"
+    code, stdout, _ = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY)
+    assert code == 0 and "indexed 12 items with resnet50+frozen" in stdout
+    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY)
+    assert code == 2 and "already exists; pass --overwrite" in err
+    q = shapes_dir / "triangle" / "002.png"
+    code, stdout, _ = zoo_cli("search", "--query", q, "--index", out, "-k", "4", "--json", "--grid", tmp_path / "grid.png")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result[0]["weights"] == "random init (seed 0)"
+    assert [r["rank"] for r in result[0]["results"]] == [1, 2, 3, 4]
+    assert result[0]["results"][0]["path"] == str(q) and result[0]["results"][0]["similarity"] == pytest.approx(1, abs=1e-4)
+    assert Image.open(tmp_path / "grid.png").size[0] > 400
+    code, stdout, _ = zoo_cli("search", "--query", q, "--index", out, "-k", "2")
+    assert code == 0 and "   1   1.0000  " + str(q) in stdout
+    code, _, err = zoo_cli("search", "--query", q, "--index", out, "--backbone", "vgg16")
+    assert code == 2 and "model mismatch" in err
