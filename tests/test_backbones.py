@@ -87,7 +87,7 @@ def test_shared_mobilenetv2_classifies_and_embeds_food(tmp_path):
     x = tf(load_image(photo)).unsqueeze(0)
     with torch.no_grad():
         p1, p2 = clf(x).softmax(-1), clf(x).softmax(-1)
-    assert p1.argmax() == p2.argmax() and p1.max() > 0.2  # a confident, repeatable class
+    assert torch.equal(p1, p2) and int(p1.argmax()) == 987 and p1.max() > 0.1  # repeatable, known class, 15x uniform
 
     # the zoo model reads its build recipe from the sidecar json: no extra flags needed
     m = zoo.ZooModel("timm/mobilenetv2_100", weights=str(path)).build().eval()
