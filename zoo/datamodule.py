@@ -14,10 +14,10 @@ from typing import Optional
 import lightning as L
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from zoo.data import Record, collate, load_image, scan_folder
+from zoo.data import ImageDataset, Record, collate, scan_folder
 from zoo.errors import ZooError
 
 
@@ -35,43 +35,43 @@ def augmentation(data_config: dict) -> T.Compose:
     ])
 
 
-class LabelledImages(Dataset):
+class LabelledImages(ImageDataset):
     """records with class ids -> {"image", "label", "is_query", "index"}."""
 
     def __init__(self, records: list[Record], labels: list[int], transform, is_query: Optional[list[bool]] = None):
-        self.records, self.labels, self.transform = records, labels, transform
-        self.is_query = is_query
-
-    def __len__(self) -> int:
-        return len(self.records)
+        super().__init__(records, transform)
+        self.labels, self.is_query = labels, is_query
 
     def __getitem__(self, i: int) -> dict:
-        try:
-            image = load_image(self.records[i].path)
-        except ValueError as e:
-            return {"index": i, "error": str(e)}
-        item = {"index": i, "image": self.transform(image), "label": self.labels[i]}
-        if self.is_query is not None:
-            item["is_query"] = self.is_query[i]
+        item = super().__getitem__(i)
+        if "error" not in item:
+            item["label"] = self.labels[i]
+            if self.is_query is not None:
+                item["is_query"] = self.is_query[i]
         return item
 
 
-class AugmentedPairs(Dataset):
+class TwoViews:
+    """A transform that returns two independent augmentations of one image: (2, 3, H, W)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.stack([self.transform(image), self.transform(image)])
+
+
+class AugmentedPairs(ImageDataset):
     """Unlabelled records -> two augmented views of one image, labelled with its index."""
 
     def __init__(self, records: list[Record], transform):
-        self.records, self.transform = records, transform
-
-    def __len__(self) -> int:
-        return len(self.records)
+        super().__init__(records, TwoViews(transform))
 
     def __getitem__(self, i: int) -> dict:
-        try:
-            image = load_image(self.records[i].path)
-        except ValueError as e:
-            return {"index": i, "error": str(e)}
-        views = torch.stack([self.transform(image), self.transform(image)])  # (2, 3, H, W)
-        return {"index": torch.tensor([i, i]), "image": views, "label": torch.tensor([i, i])}
+        item = super().__getitem__(i)
+        if "error" not in item:
+            item["index"] = item["label"] = torch.tensor([i, i])
+        return item
 
 
 class ZooDataModule(L.LightningDataModule):
