@@ -10,8 +10,11 @@ SHAPES = ("circle", "square", "triangle", "cross")
 
 
 def draw(shape: str, rng: random.Random, size: int = 48) -> Image.Image:
+    # colours come from one distribution for every class, with enough contrast to see the shape
     bg = tuple(rng.randrange(256) for _ in range(3))
     fg = tuple(rng.randrange(256) for _ in range(3))
+    while abs(sum(fg) - sum(bg)) < 240:
+        fg = tuple(rng.randrange(256) for _ in range(3))
     im = Image.new("RGB", (size, size), bg)
     d = ImageDraw.Draw(im)
     r = rng.randint(size // 5, size // 3)

@@ -74,6 +74,38 @@ class AugmentedPairs(ImageDataset):
         return item
 
 
+class AugmentedQueries(ImageDataset):
+    """Unlabelled validation: each image (gallery) and a seeded augmented copy of it (query).
+
+    Items 0..N-1 are the originals, N..2N-1 their copies; the "class" of both is the image's
+    index, so hit@1 says how often a copy finds its own original first.
+    """
+
+    def __init__(self, records: list[Record], eval_transform, augment, seed: int = 0):
+        super().__init__(records, eval_transform)
+        self.augment, self.seed = augment, seed
+
+    def __len__(self) -> int:
+        return 2 * len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.records)
+        is_query = i >= n
+        if is_query:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1_000_003 + i)  # the same copy every epoch
+                self.transform, saved = self.augment, self.transform
+                try:
+                    item = super().__getitem__(i - n)
+                finally:
+                    self.transform = saved
+        else:
+            item = super().__getitem__(i)
+        if "error" not in item:
+            item.update(index=i, label=i % n, is_query=is_query)
+        return item
+
+
 class ZooDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -153,10 +185,12 @@ class ZooDataModule(L.LightningDataModule):
             self.train_set = LabelledImages(self.train_records, [ids[r.label] for r in self.train_records], train_tf)
         else:
             self.train_set = AugmentedPairs(self.train_records, train_tf)
-        self.val_set = (
-            LabelledImages(self.val_records, [ids[r.label] for r in self.val_records], eval_tf, self.val_is_query)
-            if self.labelled and self.val_records else None
-        )
+        if not self.val_records:
+            self.val_set = None
+        elif self.labelled:
+            self.val_set = LabelledImages(self.val_records, [ids[r.label] for r in self.val_records], eval_tf, self.val_is_query)
+        else:
+            self.val_set = AugmentedQueries(self.val_records, eval_tf, train_tf, seed=self.hparams.seed)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
