@@ -36,6 +36,7 @@ class Backbone(nn.Module):
         self.feature_channels: int = model.num_features
         self.data_config: dict[str, Any] = timm.data.resolve_model_data_config(model)
         self._frozen_until: Optional[str] = None
+        self.norm_stats_frozen = False  # True: every batch-norm layer keeps its running statistics
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)  # (B, dim)
@@ -72,11 +73,21 @@ class Backbone(nn.Module):
 
     def train(self, mode: bool = True) -> "Backbone":
         super().train(mode)
-        # frozen batch-norm layers keep their running statistics
-        for m in self.model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
-                m.eval()
+        self.keep_frozen_norms()
         return self
+
+    def keep_frozen_norms(self) -> None:
+        """Frozen batch-norm layers (all of them when ``norm_stats_frozen``) normalise with, and
+        keep, their running statistics; their affine parameters still train when unfrozen.
+
+        Called from ``train()`` and again before every training batch, since a trainer may
+        restore each module's train/eval flag one by one (e.g. after validation).
+        """
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and (
+                self.norm_stats_frozen or not any(p.requires_grad for p in m.parameters())
+            ):
+                m.eval()
 
 
 # ---- weights ------------------------------------------------------------------------------

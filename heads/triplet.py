@@ -28,6 +28,14 @@ def triplet_accuracy(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 class TripletHead(Head):
+    """MLP projection (in_features -> hidden_dim -> embedding_dim), L2-normalised.
+
+    mining: which triplets of a batch the loss sees. "semihard" (d_ap < d_an < d_ap + margin)
+    and "batch_hard" (hardest positive and negative per anchor) suit a pretrained backbone;
+    "hard" keeps d_an < d_ap; "all" keeps every triplet that violates the margin, which is
+    what gets a randomly initialised network off the ground (semi-hard mining stalls there).
+    """
+
     def __init__(
         self,
         in_features: int | None,

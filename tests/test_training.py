@@ -114,3 +114,22 @@ def test_unlabelled_training_uses_augmented_positives_and_validates_on_copies(tm
     assert any(r.get("train/triplet_acc") for r in rows)
     val = [float(r["val/hit@1"]) for r in rows if r.get("val/hit@1")]
     assert len(val) == 2 and all(0.0 <= v <= 1.0 for v in val)
+
+
+@pytest.mark.parametrize("freeze_norm_stats", ["null", "true"])
+def test_fine_tuning_keeps_frozen_batch_norm_statistics(tmp_path, zoo_cli, freeze_norm_stats):
+    data = make_shapes(tmp_path / "shapes", per_class=8, seed=0, shapes=("circle", "square"))
+    code, _, err = zoo_cli(*fit_args(data, tmp_path / "runs"), "--model.backbone", "test_resnet", "--model.head", "triplet",
+                           "--model.pretrained", "false", "--model.data_config", "{image_size: 32}",
+                           "--model.freeze_until", "layer2", "--model.freeze_norm_stats", freeze_norm_stats,
+                           "--model.backbone_lr", "1e-2", "--data.batch_size", "8", "--data.samples_per_class", "4",
+                           "--trainer.max_epochs", "1")
+    assert code == 0, err
+    trained = torch.load(next((tmp_path / "runs").rglob("last.ckpt")), map_location="cpu", weights_only=False)["state_dict"]
+    init = zoo.ZooModel("test_resnet", head="triplet", pretrained=False).build().state_dict()
+    changed = lambda key: not torch.equal(trained[key], init[key])  # noqa: E731
+    assert not changed("backbone.model.layer2.0.bn1.running_mean")  # frozen stage: statistics kept
+    assert not changed("backbone.model.layer2.0.conv1.weight")
+    assert changed("backbone.model.layer4.0.conv1.weight")  # fine-tuned stage
+    # random init needs batch statistics above the frozen stages, unless told otherwise
+    assert changed("backbone.model.layer4.0.bn1.running_mean") == (freeze_norm_stats == "null")

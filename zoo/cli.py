@@ -305,9 +305,12 @@ class ZooCLI(LightningCLI):
             "trainer.max_epochs": 10,
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
             "trainer.callbacks": [
+                # the best epoch by validation mAP ...
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"monitor": "val/map", "mode": "max", "save_last": True,
-                               "filename": "best-{epoch}-{step}"}},
+                 "init_args": {"monitor": "val/map", "mode": "max", "filename": "best-{epoch}-{step}"}},
+                # ... and last.ckpt after every epoch, to resume from (--ckpt_path .../last.ckpt)
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"filename": "last", "enable_version_counter": False}},
             ],
         })
 

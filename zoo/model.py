@@ -42,6 +42,7 @@ class ZooModel(L.LightningModule):
         data_config: Optional[dict[str, Any]] = None,
         head_kwargs: Optional[dict[str, Any]] = None,
         freeze_until: Optional[str] = None,
+        freeze_norm_stats: Optional[bool] = None,
         lr: float = 1e-3,
         backbone_lr: float = 1e-5,
         weight_decay: float = 1e-4,
@@ -62,6 +63,10 @@ class ZooModel(L.LightningModule):
             head_kwargs: the head's own options (see its class).
             freeze_until: freeze the backbone up to and including this stage ("all" for the
                 whole backbone, None to train it all). Frozen heads freeze everything.
+            freeze_norm_stats: batch-norm layers of the backbone keep their running statistics
+                while fine-tuning (P x K batches are small and class-structured, and some
+                weight files fold the normalisation into the convolutions). None: yes for
+                pretrained or file weights, no for random init (which needs batch statistics).
             lr: learning rate of the head; backbone_lr: of the unfrozen backbone stages.
             float16_embeddings: return embeddings as float16 (half the memory).
             seed: seed of random initialisation, so random-init models are reproducible.
@@ -100,6 +105,10 @@ class ZooModel(L.LightningModule):
             torch.manual_seed(hp.seed)
             self.head = create_head(hp.head, in_features, **(hp.head_kwargs or {}))
         if self.backbone is not None:
+            self.backbone.norm_stats_frozen = (
+                hp.freeze_norm_stats if hp.freeze_norm_stats is not None
+                else not self.backbone.weights_id.startswith("random init")
+            )
             if not self.head.trainable or hp.freeze_until == "all":
                 self.backbone.freeze("all")
             elif hp.freeze_until:
@@ -117,6 +126,8 @@ class ZooModel(L.LightningModule):
         # the checkpoint holds every weight: build the networks without fetching any
         self.configure_model(load_weights=False)
         self._base_weights_id = checkpoint.get("zoo_weights_id")
+        if self.backbone is not None and self.hparams.freeze_norm_stats is None:
+            self.backbone.norm_stats_frozen = not str(self._base_weights_id).startswith("random init")
 
     # ---- identity and preprocessing -------------------------------------------------------
     @property
@@ -163,6 +174,10 @@ class ZooModel(L.LightningModule):
         return {"index": batch["index"], "embedding": emb, "skipped": batch.get("skipped", [])}
 
     # ---- training ---------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.backbone is not None:
+            self.backbone.keep_frozen_norms()
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images, labels = batch["image"], batch.get("label")
         loss, logs = self.head.training_loss(self.features(images), images, labels)
