@@ -122,12 +122,13 @@ def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def scale(n: int, dim: int, threshold: float) -> dict:
     x = synthetic(n, dim)
     with PeakMemory() as mem:
+        before = mem.peak_rss_mb
         t = time.perf_counter()
         pairs, _ = similar_pairs(x, threshold)
         groups = connected_components(n, pairs)
         seconds = time.perf_counter() - t
     return {"n": n, "dim": dim, "pairs": len(pairs), "groups": len(groups), "seconds": seconds,
-            "peak_rss_mb": mem.peak_rss_mb, "vectors_mb": x.nbytes / 2**20}
+            "peak_rss_mb": mem.peak_rss_mb, "added_mb": mem.peak_rss_mb - before, "vectors_mb": x.nbytes / 2**20}
 
 
 def main() -> None:
@@ -160,11 +161,11 @@ def main() -> None:
     if args.scale:
         print(f"\nduplicate search at scale: synthetic unit vectors, threshold {args.scale_threshold}, "
               f"{torch.get_num_threads()} threads")
-        print(f"{'N':>8s} {'dim':>5s} {'vectors MB':>10s} {'pairs':>7s} {'groups':>7s} {'seconds':>8s} {'peak RSS MB':>11s}")
+        print(f"{'N':>8s} {'dim':>5s} {'vectors MB':>10s} {'pairs':>7s} {'groups':>7s} {'seconds':>8s} {'peak RSS MB':>11s} {'search added MB':>15s}")
         for n in args.scale:
             r = scale(n, args.dim, args.scale_threshold)
             print(f"{r['n']:8d} {r['dim']:5d} {r['vectors_mb']:10.0f} {r['pairs']:7d} {r['groups']:7d} "
-                  f"{r['seconds']:8.1f} {r['peak_rss_mb']:11.0f}")
+                  f"{r['seconds']:8.1f} {r['peak_rss_mb']:11.0f} {r['added_mb']:15.0f}")
 
 
 if __name__ == "__main__":
