@@ -71,7 +71,7 @@ TRANSFORMS = {"resize": resize, "crop": crop, "rotation": rotate, "jpeg": jpeg, 
 
 # ---- part 1 ---------------------------------------------------------------------------------
 def quality(images: str, n_originals: int, thresholds: list[float], weights: Path, seed: int, batch_size: int):
-    photos = [r for r in scan_folder(images)]
+    photos = scan_folder(images)
     rng = random.Random(seed)
     originals = sorted(rng.sample(range(len(photos)), n_originals))
     records, group, kind = list(photos), list(range(len(photos))), ["photo"] * len(photos)

@@ -14,7 +14,7 @@ from typing import Optional
 import lightning as L
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from zoo.data import ImageDataset, Record, collate, scan_folder
@@ -74,7 +74,7 @@ class AugmentedPairs(ImageDataset):
         return item
 
 
-class AugmentedQueries(ImageDataset):
+class AugmentedQueries(Dataset):
     """Unlabelled validation: each image (gallery) and a seeded augmented copy of it (query).
 
     Items 0..N-1 are the originals, N..2N-1 their copies; the "class" of both is the image's
@@ -82,27 +82,23 @@ class AugmentedQueries(ImageDataset):
     """
 
     def __init__(self, records: list[Record], eval_transform, augment, seed: int = 0):
-        super().__init__(records, eval_transform)
-        self.augment, self.seed = augment, seed
+        self.originals = ImageDataset(records, eval_transform)
+        self.copies = ImageDataset(records, augment)
+        self.seed = seed
 
     def __len__(self) -> int:
-        return 2 * len(self.records)
+        return 2 * len(self.originals)
 
     def __getitem__(self, i: int) -> dict:
-        n = len(self.records)
-        is_query = i >= n
-        if is_query:
+        n = len(self.originals)
+        if i < n:
+            item = self.originals[i]
+        else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed * 1_000_003 + i)  # the same copy every epoch
-                self.transform, saved = self.augment, self.transform
-                try:
-                    item = super().__getitem__(i - n)
-                finally:
-                    self.transform = saved
-        else:
-            item = super().__getitem__(i)
+                item = self.copies[i - n]
         if "error" not in item:
-            item.update(index=i, label=i % n, is_query=is_query)
+            item.update(index=i, label=i % n, is_query=i >= n)
         return item
 
 

@@ -105,10 +105,7 @@ class ZooModel(L.LightningModule):
             torch.manual_seed(hp.seed)
             self.head = create_head(hp.head, in_features, **(hp.head_kwargs or {}))
         if self.backbone is not None:
-            self.backbone.norm_stats_frozen = (
-                hp.freeze_norm_stats if hp.freeze_norm_stats is not None
-                else not self.backbone.weights_id.startswith("random init")
-            )
+            self._set_norm_stats(self.backbone.weights_id)
             if not self.head.trainable or hp.freeze_until == "all":
                 self.backbone.freeze("all")
             elif hp.freeze_until:
@@ -126,8 +123,13 @@ class ZooModel(L.LightningModule):
         # the checkpoint holds every weight: build the networks without fetching any
         self.configure_model(load_weights=False)
         self._base_weights_id = checkpoint.get("zoo_weights_id")
-        if self.backbone is not None and self.hparams.freeze_norm_stats is None:
-            self.backbone.norm_stats_frozen = not str(self._base_weights_id).startswith("random init")
+        if self.backbone is not None:  # built without weights: decide by the weights it was trained from
+            self._set_norm_stats(str(self._base_weights_id))
+
+    def _set_norm_stats(self, weights_id: str) -> None:
+        """freeze_norm_stats, or by default: keep batch-norm statistics unless random init."""
+        choice = self.hparams.freeze_norm_stats
+        self.backbone.norm_stats_frozen = not weights_id.startswith("random init") if choice is None else choice
 
     # ---- identity and preprocessing -------------------------------------------------------
     @property
