@@ -1,7 +1,7 @@
 """Frozen versus triplet-fine-tuned features on held-out photos of a labelled folder.
 
     python benchmarks/finetune_food7.py [--images ../shared/data/food7] [--test-fraction 0.4]
-        [--config configs/triplet/mobilenetv2_shared.yaml] [--epochs 4] [--work runs/finetune]
+        [--config configs/triplet/mobilenetv2_shared.yaml] [--epochs 4] [--work runs/finetune] [--overwrite]
 
 Each class is split (seeded) into train and test photos. ``zoo fit`` trains the config on the
 train photos (its own validation split is taken from them); then ``zoo benchmark`` scores the
@@ -51,11 +51,14 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/finetune")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --work folder")
     args = p.parse_args()
 
     work = Path(args.work)
     if work.exists():
-        shutil.rmtree(work)  # this script's own scratch folder
+        if not args.overwrite:
+            raise SystemExit(f"{work} exists; pass --overwrite to replace it, or another --work")
+        shutil.rmtree(work)
     train, test = split(args.images, work / "split", args.test_fraction, args.seed)
     t = time.perf_counter()
     code = zoo(["fit", "--config", args.config, "--data.root", str(train), "--trainer.max_epochs", str(args.epochs),
@@ -75,10 +78,10 @@ def main() -> None:
     rows = list(csv.DictReader(open(work / "benchmark" / "results.csv")))
     print(f"\ntrain {sum(1 for _ in train.rglob('*.*'))} photos, test {rows[0]['queries']} photos (leave-one-out); "
           f"training {args.epochs} epochs took {train_s / 60:.1f} min on {torch.get_num_threads()} threads")
-    print(f"{'architecture':52s} {'hit@1':>6s} {'hit@10':>6s} {'P@10':>6s} {'mAP':>6s}")
+    print(f"{'architecture':52s} {'hit@1':>6s} {'hit@10':>6s} {'P@10':>6s} {'mAP':>6s}  weights")
     for r in rows:
         print(f"{r['architecture']:52s} {float(r['hit@1']):6.3f} {float(r['hit@10']):6.3f} "
-              f"{float(r['p@10']):6.3f} {float(r['map']):6.3f}")
+              f"{float(r['p@10']):6.3f} {float(r['map']):6.3f}  {r['weights']}")
 
 
 if __name__ == "__main__":
