@@ -35,6 +35,8 @@ class Backbone(nn.Module):
         self.dim: int = getattr(model, "head_hidden_size", None) or model.num_features
         self.feature_channels: int = model.num_features
         self.data_config: dict[str, Any] = timm.data.resolve_model_data_config(model)
+        # how to build it again without reading any file: resolved timm kwargs and cfg overlay
+        self.recipe: dict[str, Any] = {"model_kwargs": {}, "data_config": {}}
         self._frozen_until: Optional[str] = None
         self.norm_stats_frozen = False  # True: every batch-norm layer keeps its running statistics
 
@@ -146,18 +148,41 @@ def load_weights_file(model: nn.Module, path: str | Path, model_name: str) -> st
     return f"file:{path.name} sha256:{sha256_file(path)}"
 
 
+# preprocessing keys a data_config / sidecar overlay may set; anything else (a "file" or "url"
+# that would make timm read or fetch something) is refused
+DATA_CONFIG_KEYS = {"mean", "std", "input_size", "image_size", "interpolation", "crop_pct", "crop_mode",
+                    "test_input_size", "test_crop_pct", "min_input_size", "fixed_input_size"}
+
+
+def check_data_config(cfg: Optional[dict], where: str) -> dict:
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ZooError(f"{where} must be a mapping of preprocessing settings, not {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - DATA_CONFIG_KEYS)
+    if unknown:
+        raise ZooError(f"{where} has unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(DATA_CONFIG_KEYS))}")
+    return dict(cfg)
+
+
 def _sidecar(weights: Optional[str]) -> dict:
     """``weights.json`` beside a weights file may say how to build the model (model_kwargs,
-    pretrained_cfg_overlay); explicit arguments win over it."""
+    pretrained_cfg_overlay); explicit arguments win over it. Plain JSON only, checked."""
     if not weights:
         return {}
     side = Path(weights).with_suffix(".json")
-    if side.is_file():
-        try:
-            return json.loads(side.read_text())
-        except ValueError:
-            warnings.warn(f"ignoring unreadable {side}")
-    return {}
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ZooError(f"{side} is not valid JSON ({' '.join(str(e).split())[:100]})") from None
+    if not isinstance(data, dict):
+        raise ZooError(f"{side} must hold a JSON object with model_kwargs and/or pretrained_cfg_overlay")
+    if not isinstance(data.get("model_kwargs", {}), dict):
+        raise ZooError(f"{side}: model_kwargs must be a JSON object")
+    check_data_config(data.get("pretrained_cfg_overlay"), f"{side}: pretrained_cfg_overlay")
+    return data
 
 
 def timm_backbone(
@@ -174,8 +199,10 @@ def timm_backbone(
     (or uses the local cache); else random init, seeded so that it is reproducible.
     """
     side = _sidecar(weights)
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise ZooError(f"model_kwargs must be a mapping of timm arguments, not {type(model_kwargs).__name__}")
     kwargs = {**side.get("model_kwargs", {}), **(model_kwargs or {})}
-    overlay = {**side.get("pretrained_cfg_overlay", {}), **(data_config or {})}
+    overlay = {**side.get("pretrained_cfg_overlay", {}), **check_data_config(data_config, "data_config")}
     for key in ("input_size", "mean", "std"):
         if key in overlay:
             overlay[key] = tuple(overlay[key])
@@ -189,13 +216,18 @@ def timm_backbone(
                 return timm.create_model(
                     model_name, num_classes=0, pretrained_cfg_overlay={**overlay, **extra}, **kwargs
                 )
-            except TypeError as e:
-                raise ZooError(f"bad model_kwargs for {model_name}: {e}") from e
+            except Exception as e:  # timm reports a bad argument as TypeError, ValueError, AssertionError...
+                raise ZooError(f"cannot build {model_name} with model_kwargs {kwargs}: {' '.join(str(e).split())[:200]}") from None
+
+    def backbone(model: nn.Module, weights_id: str) -> Backbone:
+        out = Backbone(model, model_name, weights_id)
+        out.recipe = {"model_kwargs": dict(kwargs), "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in overlay.items()}}
+        return out
 
     if weights:
         model = build()
         weights_id = load_weights_file(model, weights, model_name)
-        return Backbone(model, model_name, weights_id)
+        return backbone(model, weights_id)
 
     if pretrained:
         model = build()
@@ -209,7 +241,7 @@ def timm_backbone(
                 model = _create_pretrained(model_name, kwargs, overlay, seed)
             else:
                 raise OSError("the model hub is not reachable and the weights are not cached")
-            return Backbone(model, model_name, f"hub:timm/{tag}")
+            return backbone(model, f"hub:timm/{tag}")
         except Exception as e:  # offline, or no such tag
             warn_loudly(
                 f"pretrained weights for '{tag}' cannot be had ({str(e).splitlines()[0][:120]}); "
@@ -218,7 +250,7 @@ def timm_backbone(
             model = build()
     else:
         model = build()
-    return Backbone(model, model_name, f"random init (seed {seed})")
+    return backbone(model, f"random init (seed {seed})")
 
 
 def _create_pretrained(model_name: str, kwargs: dict, overlay: dict, seed: int) -> nn.Module:

@@ -32,7 +32,7 @@ def test_index_then_search_finds_itself_then_resized_copy(gallery, tmp_path, cap
     loaded = zoo.load_index(out)
     assert loaded.meta["model"]["weights"] == "random init (seed 0)" and loaded.meta["model"]["dim"] == 2048
     assert loaded.meta["model"]["preprocessing"]["input_size"] == [3, 64, 64]
-    assert sorted(p.rsplit("/", 1)[1] for p, _ in loaded.meta["skipped"]) == ["broken.jpg", "notes.txt"]
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in loaded.skipped) == ["broken.jpg", "notes.txt"]
     hits = loaded.search(str(gallery / "circle" / "000.png"), k=3)  # rebuilds the model from metadata
     assert hits[0].path.endswith("circle/000.png") and hits[0].similarity == pytest.approx(1.0, abs=1e-4)
     assert hits[1].path.endswith("circle/resized_copy.jpg") and hits[0].label == "circle"
@@ -42,16 +42,16 @@ def test_index_then_search_finds_itself_then_resized_copy(gallery, tmp_path, cap
 def test_existing_index_is_not_overwritten_without_flag(shapes_dir, tmp_path):
     out = tmp_path / "a.index"
     zoo.build_index(shapes_dir, tiny_model(), out=out)
-    before = (out / "meta.json").read_bytes()
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(ZooError, match="already exists; pass --overwrite"):
         zoo.build_index(shapes_dir, tiny_model(), out=out)
-    assert (out / "meta.json").read_bytes() == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     zoo.build_index(shapes_dir / "circle", tiny_model(), out=out, overwrite=True)
     assert len(zoo.load_index(out)) == 4
     user_dir = tmp_path / "mine"
     user_dir.mkdir()
     (user_dir / "precious.txt").write_text("keep")
-    with pytest.raises(ZooError, match="not a zoo index; refusing"):
+    with pytest.raises(ZooError, match="not part of a zoo index; refusing to replace it"):
         zoo.build_index(shapes_dir, tiny_model(), out=user_dir, overwrite=True)
     assert (user_dir / "precious.txt").read_text() == "keep"
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary leftovers
@@ -63,7 +63,7 @@ def test_update_adds_only_new_files(shapes_dir, tmp_path, capsys):
     save(Image.new("RGB", (48, 48), (9, 9, 9)), shapes_dir / "square" / "new.png")
     capsys.readouterr()
     idx = zoo.build_index(shapes_dir, out=out, update=True)
-    assert "1 new file(s) to add to 12 indexed" in capsys.readouterr().out
+    assert "1 new, 0 changed, 0 removed file(s); 12 indexed before" in capsys.readouterr().err
     assert len(idx) == 13 and zoo.load_index(out).paths[-1].endswith("square/new.png")
 
 
@@ -94,7 +94,7 @@ def test_float16_embeddings_and_factory(shapes_dir, tmp_path):
 def test_cli_index_search_json_and_grid(shapes_dir, tmp_path, zoo_cli):
     out = tmp_path / "c.index"
     code, stdout, _ = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY)
-    assert code == 0 and "indexed 12 items with resnet50+frozen" in stdout
+    assert code == 0 and f"indexed 12 items of {shapes_dir} with resnet50+frozen" in stdout
     code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY)
     assert code == 2 and "already exists; pass --overwrite" in err
     q = shapes_dir / "triangle" / "002.png"

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import json as _json
 import logging
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from zoo.progress import StderrProgressBar
 
 from zoo.datamodule import ZooDataModule
 from zoo.errors import ZooError
@@ -73,7 +78,9 @@ class ZooTrainer(L.Trainer):
         """
         from zoo.index import build_index
 
-        if (images is None) == (video is None):
+        if update and video is not None:
+            raise ZooError("--update works on image folders; rebuild a video index with --overwrite")
+        if (images is None) == (video is None) and not update:
             raise ZooError("give a folder (--images DIR) or a video (--video FILE)")
         if video is not None:
             from zoo.video import video_records
@@ -85,7 +92,7 @@ class ZooTrainer(L.Trainer):
             records, None if update else resolve_model(model, backbone, checkpoint), out=out, factory=factory,
             overwrite=overwrite, update=update, trainer=self, batch_size=batch_size, num_workers=num_workers,
         )
-        print(f"zoo: indexed {len(index)} items with {index.describe()} -> {out}")
+        print(f"zoo: indexed {len(index)} items of {index.root} with {index.describe()} -> {out}")
 
     def search(
         self,
@@ -114,21 +121,21 @@ class ZooTrainer(L.Trainer):
         from zoo.index import load_index
         from zoo.io import refuse_overwrite
 
-        idx = load_index(index)
+        if k < 1:
+            raise ZooError(f"-k {k}: the number of results must be 1 or more")
         if grid:
             refuse_overwrite(grid, overwrite)
+        idx = load_index(index)
         qmodel = resolve_model(model, backbone, checkpoint).build() if (backbone or checkpoint) else None
-        if json and self.progress_bar_callback is not None:
-            self.progress_bar_callback.disable()  # stdout carries the JSON alone
-        results = idx.search(query, k=k, model=qmodel, trainer=self)
+        results = idx.search_many(query, k=k, model=qmodel, trainer=self)  # [(query path, hits)]
         if json:
-            out = [{"query": str(Path(q).resolve()), "model": idx.meta["model"]["architecture"],
+            out = [{"query": q, "model": idx.meta["model"]["architecture"],
                     "weights": idx.meta["model"]["weights"], "results": [h.__dict__ for h in hits]}
-                   for q, hits in zip(query, results)]
+                   for q, hits in results]
             print(_json.dumps(out, indent=2))
         else:
             print(f"index: {index} ({len(idx)} items, {idx.describe()})")
-            for q, hits in zip(query, results):
+            for q, hits in results:
                 print(f"\nquery: {q}")
                 print(f"{'rank':>4}  {'cosine':>7}  path")
                 for h in hits:
@@ -137,7 +144,7 @@ class ZooTrainer(L.Trainer):
         if grid:
             from zoo.plots import topk_grid
 
-            topk_grid([(q, None, hits) for q, hits in zip(query, results)], grid,
+            topk_grid([(q, None, hits) for q, hits in results], grid,
                       title=f"{idx.describe()}")
             print(f"zoo: grid -> {grid}", file=sys.stderr)
 
@@ -290,6 +297,9 @@ class FitConfigSaver(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+TRAINING_COMMANDS = {"fit", "validate", "test"}
+
+
 class ZooCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -299,6 +309,23 @@ class ZooCLI(LightningCLI):
             "index": extra, "search": extra, "compare": extra, "duplicates": extra,
             "benchmark": extra, "list": extra,
         }
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand not in TRAINING_COMMANDS:  # no runs/lightning_logs for index, search, ...
+            self.config[self.subcommand].trainer.logger = False
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.progress_bar_callback) is TQDMProgressBar:
+            trainer.progress_bar_callback.__class__ = StderrProgressBar
+        return trainer
+
+    def after_fit(self) -> None:
+        for cb in self.trainer.checkpoint_callbacks:
+            if cb.monitor and cb.best_model_path:
+                print(f"zoo: best checkpoint ({cb.monitor} = {float(cb.best_model_score):.4f}): {cb.best_model_path}")
+            elif cb.last_model_path:
+                print(f"zoo: last checkpoint (resume with --ckpt_path): {cb.last_model_path}")
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({
@@ -373,6 +400,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
     quiet_lightning()
     saved_argv, sys.argv = sys.argv, [saved_argv_name(), *argv]
+    interrupted = []
+
+    def on_sigint(signum, frame):  # remembered: Lightning turns an interrupt into SystemExit(1)
+        interrupted.append(True)
+        raise KeyboardInterrupt
+
+    saved_handler = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
         ZooCLI(
             ZooModel,
@@ -394,8 +428,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("zoo: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if interrupted:
+            print("zoo: interrupted", file=sys.stderr)
+            return 130
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except OSError as e:  # a file system refusal that no check foresaw: one line, no traceback
+        print(f"zoo: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     finally:
         sys.argv = saved_argv
+        if saved_handler is not None:
+            signal.signal(signal.SIGINT, saved_handler)
     return 0
 
 

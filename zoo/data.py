@@ -7,6 +7,7 @@ the reason along, so callers report each skipped file once.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,32 +32,62 @@ class Record:
     image: Optional[Image.Image] = None  # already decoded (video frames)
 
 
-def scan_folder(root: str | Path, recursive: bool = True) -> list[Record]:
-    """Every regular, non-hidden file below ``root``, sorted; label = parent folder name."""
-    root = Path(root).expanduser()
+def scan_folder(root: str | Path, recursive: bool = True, exclude: Optional[Path] = None) -> list[Record]:
+    """Every regular, non-hidden file below ``root``, sorted; label = parent folder name.
+
+    Symbolic links to folders are followed, but each real folder is visited once (a link
+    loop ends there). Paths stay under ``root`` as written (not resolved through links).
+    File names that are not valid UTF-8 are reported and left out. ``exclude``: a folder
+    below ``root`` to leave out (e.g. an index written inside the image folder).
+    """
+    root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.exists():
         raise ZooError(f"no such folder: {root}")
     if root.is_file():
         return [Record(str(root.resolve()))]
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    seen_dirs: set[tuple[int, int]] = set()
+    bad_names: list[str] = []
     records = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen_dirs or os.path.realpath(dirpath) == skip:
+            dirnames[:] = []  # a folder seen before (through a link), or the excluded one
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _utf8(d, dirpath, bad_names))
         if not recursive:
             dirnames[:] = []
         here = Path(dirpath)
         label = None if here == root else here.name
         for name in sorted(filenames):
-            if not name.startswith("."):
-                records.append(Record(str((here / name).resolve()), label))
+            if not name.startswith(".") and _utf8(name, dirpath, bad_names):
+                records.append(Record(str(here / name), label))
+    if bad_names:
+        print(f"zoo: skipped {len(bad_names)} file(s) whose names are not valid UTF-8:", file=sys.stderr)
+        for n in bad_names:
+            print(f"  {n}", file=sys.stderr)
     if not records:
         raise ZooError(f"no files in {root}")
     return records
+
+
+def _utf8(name: str, folder: str, bad: list[str]) -> bool:
+    """os.walk gives undecodable bytes as surrogates; such names cannot be stored or printed."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        bad.append(os.path.join(folder, name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+        return False
 
 
 def records_from(inputs: Sequence[str | Path]) -> list[Record]:
     """Files and folders (recursive) given on the command line, in order."""
     records: list[Record] = []
     for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):
+            raise ZooError(f"expected image paths, got {type(item).__name__}")
         p = Path(item).expanduser()
         if p.is_dir():
             records += scan_folder(p)
@@ -94,9 +125,15 @@ def load_image(path: str | Path, draft_size: Optional[int] = None) -> Image.Imag
 
 def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(a / hi * 255.0, 0, 255).astype(np.uint8))
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        top = float(a.max()) if a.size else 0.0
+        if im.mode == "F" and top <= 1.0:
+            hi = 1.0  # floating point in [0, 1]
+        elif im.mode.startswith("I;16") or top > 255:
+            hi = 65535.0
+        else:
+            hi = 255.0
+        im = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if im.mode == "P":
         im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):

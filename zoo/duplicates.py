@@ -23,6 +23,7 @@ import numpy as np
 
 from zoo.data import scan_folder
 from zoo.errors import ZooError
+from zoo.indexdir import check_writable_dir
 from zoo.io import atomic_path, write_json
 
 
@@ -122,14 +123,21 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     out = Path(out)
     if (out / "groups.json").exists() and not overwrite:
         raise ZooError(f"{out} already holds duplicate results; pass --overwrite or another --out")
+    check_writable_dir(out, f"--out {out}")
 
     exact: list[list[str]] = []
     if index is not None:
         idx = load_index(index)
-        paths = idx.paths
-        vectors = idx.index.reconstruct_n(0, len(idx))
+        root = idx.root
+        items = idx.items
+        paths = [it["path"] for it in items]
+        vectors = np.stack([idx.index.reconstruct(int(it["id"])) for it in items]) if items else np.zeros((0, idx.dim), np.float32)
         model_desc = idx.describe()
     else:
+        root = Path(os.path.abspath(images))
+    if move_to:
+        check_quarantine_target(Path(move_to), root)
+    if index is None:
         records = scan_folder(images)
         exact = exact_groups([r.path for r in records])
         print(f"zoo: {len(exact)} group(s) of identical files (by hash)", file=sys.stderr)
@@ -195,51 +203,147 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     for i, g in enumerate(exact_set + [g["paths"] for g in near]):
         print(f"  group {i}: " + "  ".join(g))
     if move_to:
-        quarantine(exact_set + [g["paths"] for g in near], Path(move_to))
+        quarantine(exact_set + [g["paths"] for g in near], Path(move_to), root)
     return result
 
 
-def quarantine(groups: list[list[str]], dest: Path) -> Path:
-    """Move all but the first image of each group under ``dest``; write a manifest to undo it."""
-    dest.mkdir(parents=True, exist_ok=True)
-    manifest = dest / f"manifest-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.json"
-    moves, seen = [], set()
-    for gi, g in enumerate(groups):
-        keep = g[0]
+# ---- quarantine and undo ------------------------------------------------------------------
+def check_quarantine_target(dest: Path, root: Path) -> None:
+    dest, root = Path(os.path.abspath(dest)), Path(os.path.abspath(root))
+    if dest == root or root in dest.parents or dest in root.parents:
+        raise ZooError(f"--move-to {dest} must be outside the scanned folder {root} (and not hold it)")
+    check_writable_dir(dest, f"--move-to {dest}")
+
+
+def components(groups: list[list[str]]) -> list[list[str]]:
+    """Groups that share a file merged into one (exact and near groups can overlap)."""
+    parent: dict[str, str] = {}
+
+    def find(a: str) -> str:
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for g in groups:
         for p in g[1:]:
-            if p in seen or p == keep or not Path(p).exists():
+            ra, rb = find(g[0]), find(p)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    merged = defaultdict(list)
+    for p in parent:
+        merged[find(p)].append(p)
+    return sorted(sorted(g) for g in merged.values() if len(g) > 1)
+
+
+def best_file(paths: list[str]) -> str:
+    """The copy to keep: most pixels, then largest file, then first by name."""
+    from PIL import Image
+
+    def quality(p: str):
+        try:
+            with Image.open(p) as im:
+                pixels = im.size[0] * im.size[1]
+        except Exception:
+            pixels = -1
+        size = os.path.getsize(p) if os.path.exists(p) else -1
+        return (-pixels, -size, p)
+
+    return min(paths, key=quality)
+
+
+def inside(path: str | Path, root: Path) -> bool:
+    """``path`` lies under ``root``, also after following links in its folders."""
+    path = Path(os.path.abspath(path))
+    real_parent = Path(os.path.realpath(path.parent))
+    return root in path.parents and Path(os.path.realpath(root)) in (real_parent, *real_parent.parents)
+
+
+def move_no_clobber(src: Path, dst: Path) -> None:
+    """Move a file without ever replacing one at ``dst`` (FileExistsError instead)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst, follow_symlinks=False)  # fails if dst exists
+    except OSError as e:
+        if isinstance(e, FileExistsError):
+            raise
+        with open(src, "rb") as fin, open(dst, "xb") as fout:  # another file system
+            shutil.copyfileobj(fin, fout)
+            fout.flush()
+            os.fsync(fout.fileno())
+        shutil.copystat(src, dst)
+    os.unlink(src)
+
+
+def quarantine(groups: list[list[str]], dest: Path, root: Path) -> Path:
+    """Move all but the best file of each connected group under ``dest/BATCH/`` at the same
+    path relative to ``root``; every move is in the manifest before any file moves."""
+    root = Path(os.path.abspath(root))
+    check_quarantine_target(dest, root)
+    dest = Path(os.path.abspath(dest))
+    batch = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    moves = []
+    for g in components(groups):
+        present = [p for p in g if os.path.isfile(p)]
+        if len(present) < 2:
+            continue
+        keep = best_file(present)
+        for p in present:
+            if p == keep:
                 continue
-            seen.add(p)
-            target = dest / f"group{gi:04d}" / Path(p).name
-            n = 1
-            while target.exists():
-                target = target.with_name(f"{Path(p).stem}-{n}{Path(p).suffix}")
-                n += 1
-            moves.append({"from": str(Path(p).resolve()), "to": str(target.resolve()), "kept": keep})
-    write_json(manifest, {"moves": moves})  # written before anything moves
+            if not inside(p, root):
+                print(f"zoo: warning: {p} is outside {root}; not moved", file=sys.stderr)
+                continue
+            rel = Path(os.path.abspath(p)).relative_to(root).as_posix()
+            moves.append({"from": str(Path(os.path.abspath(p))), "to": f"{batch}/{rel}", "kept": keep})
+    manifest = dest / f"manifest-{batch}.json"
+    dest.mkdir(parents=True, exist_ok=True)
+    write_json(manifest, {"root": str(root), "batch": batch, "moves": moves})  # before anything moves
     for m in moves:
-        Path(m["to"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(m["from"], m["to"])
-    print(f"zoo: moved {len(moves)} file(s) to {dest}; undo with `zoo duplicates --undo {manifest}`")
+        move_no_clobber(Path(m["from"]), dest / m["to"])
+    print(f"zoo: moved {len(moves)} file(s) to {dest / batch}; undo with `zoo duplicates --undo {manifest}`")
     return manifest
 
 
 def undo_quarantine(manifest: str | Path) -> int:
-    manifest = Path(manifest)
+    """Put quarantined files back. Only files inside the manifest's own folder move, each only
+    to the place its manifest entry names (which must mirror where it sits in the quarantine),
+    never over an existing file."""
+    manifest = Path(os.path.abspath(manifest))
     if not manifest.is_file():
         raise ZooError(f"no such manifest: {manifest}")
-    moves = json.loads(manifest.read_text())["moves"]
+    qdir = manifest.parent
+    try:
+        data = json.loads(manifest.read_text())
+        root, batch, moves = Path(data["root"]), str(data["batch"]), list(data["moves"])
+        if not root.is_absolute() or not all(isinstance(m, dict) and isinstance(m.get("from"), str)
+                                             and isinstance(m.get("to"), str) for m in moves):
+            raise ValueError("bad entries")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ZooError(f"{manifest} is not a zoo quarantine manifest ({e})") from None
     restored = 0
     for m in moves:
-        src, dst = Path(m["to"]), Path(m["from"])
-        if not src.exists():
+        src, dst = qdir / m["to"], Path(m["from"])
+        try:
+            rel = dst.relative_to(root).as_posix()
+        except ValueError:
+            rel = None
+        if (rel is None or ".." in Path(rel).parts or m["to"] != f"{batch}/{rel}" or ".." in Path(m["to"]).parts
+                or not inside(src, qdir) or os.path.normpath(dst) != str(dst)):
+            print(f"zoo: warning: refusing manifest entry {m['to']} -> {m['from']}: it does not mirror "
+                  f"its place in {qdir}", file=sys.stderr)
+            continue
+        if not src.is_file() or src.is_symlink():
             print(f"zoo: warning: {src} is gone; cannot restore {dst}", file=sys.stderr)
             continue
-        if dst.exists():
+        if not dst.parent.is_dir():
+            print(f"zoo: warning: folder {dst.parent} no longer exists; leaving {src} where it is", file=sys.stderr)
+            continue
+        try:
+            move_no_clobber(src, dst)
+        except FileExistsError:
             print(f"zoo: warning: {dst} exists again; leaving {src} where it is", file=sys.stderr)
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(src), str(dst))
         restored += 1
     print(f"zoo: restored {restored} of {len(moves)} file(s)")
     return restored

@@ -60,10 +60,20 @@ class EmbeddingWriter(BasePredictionWriter):
 
 
 def default_trainer(progress: bool = True) -> L.Trainer:
+    from zoo.progress import StderrProgressBar
+
     return L.Trainer(
         accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=progress,
+        enable_model_summary=False, enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
     )
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process (which stops them), so that an
+    interrupt prints one line instead of a traceback per worker."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def eval_transform(model: ZooModel):
@@ -86,7 +96,8 @@ def embed(
     draft = int(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0) + 1)
     dataset = ImageDataset(records, eval_transform(model), draft_size=draft)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                        persistent_workers=False, pin_memory=False)
+                        persistent_workers=False, pin_memory=False,
+                        worker_init_fn=ignore_sigint if num_workers > 0 else None)
     trainer = trainer or default_trainer()
     writer = EmbeddingWriter()
     trainer.callbacks.append(writer)

@@ -1,17 +1,26 @@
-"""A persistent FAISS index plus the metadata needed to use it later.
+"""A persistent FAISS index plus what is needed to use it later.
 
-On disk an index is a folder: ``index.faiss`` (``faiss.write_index``) and ``meta.json``
-(paths, labels, model identity, preprocessing, dim, zoo version). It is written to a temporary
-folder first and renamed into place, so a crash never leaves half an index, and an existing
-index is replaced only when asked.
+On disk an index is a folder (see ``zoo.indexdir`` for the versioned layout and the lock);
+each version holds
+
+    index.faiss         faiss.write_index of an IndexIDMap2: vector ids are item ids
+    items.sqlite        one row per vector: path relative to the root, label, frame/time,
+                        size and mtime (zoo.store)
+    meta.json           root folder, model identity and recipe, factory, counts
+    model.safetensors   the model's own weights, when they came from a file or a checkpoint
+
+An index names its model by identity and keeps its own copy of weights that are not a hub
+tag or a seeded random init, so searching it later reads no file outside the index folder and
+does not depend on the working directory it was built from.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-import shutil
-from dataclasses import asdict, dataclass
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -20,10 +29,13 @@ import lightning as L
 import numpy as np
 
 import zoo
+from zoo import indexdir
 from zoo.data import Record, records_from, scan_folder
 from zoo.errors import ZooError
+from zoo.store import ItemStore, file_state
 
-FORMAT_VERSION = 1
+META_KEYS = ("model", "factory", "root", "count", "dim")
+MODEL_KEYS = ("architecture", "dim", "weights", "hparams", "recipe")
 
 
 @dataclass
@@ -34,25 +46,37 @@ class Hit:
     label: Optional[str] = None
     frame: Optional[int] = None
     time: Optional[float] = None
+    id: Optional[int] = None  # the item's id in its index
+
+
+def faiss_reason(e: Exception) -> str:
+    """FAISS's own explanation, without the C++ location in front of it."""
+    msg = " ".join(str(e).split())
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", msg)
 
 
 def model_identity(model) -> dict[str, Any]:
-    """What an index records about the model that made it."""
+    """What an index records about the model that made it (plain JSON values)."""
     from zoo.model import model_config
 
-    hp = dict(model.hparams)
     ident = {
         "architecture": model.architecture,
-        "backbone": hp.get("backbone"),
-        "head": hp.get("head"),
+        "backbone": model.hparams.get("backbone"),
+        "head": model.hparams.get("head"),
         "weights": model.weights_id,
         "dim": model.embedding_dim,
         "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()},
-        "hparams": json.loads(json.dumps(model_config(hp), default=str)),
+        "hparams": json.loads(json.dumps(model_config(model.hparams), default=str)),
+        "recipe": json.loads(json.dumps(model.recipe, default=str)),
     }
     if getattr(model, "checkpoint_id", None):
-        ident["checkpoint"] = str(Path(model.checkpoint_path).resolve())
+        ident["checkpoint"] = model.checkpoint_id
     return ident
+
+
+def keeps_own_weights(weights_id: str) -> bool:
+    """Weights that cannot be had again by name (a file, a checkpoint) travel with the index."""
+    return not (weights_id.startswith("hub:") or weights_id.startswith("random init"))
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:
@@ -61,50 +85,91 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
     return x
 
 
+def common_root(records: Sequence[Record]) -> Path:
+    folders = {os.path.dirname(r.path) for r in records}
+    return Path(os.path.commonpath(sorted(folders))) if folders else Path.cwd()
+
+
 class ZooIndex:
-    def __init__(self, index: faiss.Index, meta: dict, items: list[dict]):
-        self.index = index
+    def __init__(self, index: faiss.Index, meta: dict, store: ItemStore, root: Optional[Path], folder: Optional[Path] = None):
+        self.index = index  # IndexIDMap2: search returns item ids
         self.meta = meta
-        self.items = items  # one dict per vector: path, label[, frame, time]
+        self.store = store
+        self.root = root  # absolute; item paths are relative to it
+        self.folder = folder  # the version folder this was loaded from
         self._model = None
+        self._next_id = store.max_id() + 1
 
     # ---- building -------------------------------------------------------------------------
     @classmethod
-    def create(cls, model, factory: str = "Flat") -> "ZooIndex":
-        dim = model.embedding_dim
+    def create(cls, model, factory: str = "Flat", root: Optional[Path] = None) -> "ZooIndex":
         try:
-            index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.index_factory(model.embedding_dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
-            raise ZooError(f"bad FAISS index factory string '{factory}': {str(e).splitlines()[-1][:120]}") from e
+            raise ZooError(f"bad FAISS index factory string '{factory}': {faiss_reason(e)}") from None
         meta = {
-            "format": FORMAT_VERSION,
             "zoo_version": zoo.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "factory": factory,
             "metric": "inner_product on L2-normalised vectors (cosine similarity)",
             "model": model_identity(model),
         }
-        out = cls(index, meta, [])
+        out = cls(index, meta, ItemStore(), Path(os.path.abspath(root)) if root else None)
         out._model = model
         return out
 
-    def add(self, vectors: np.ndarray, records: Sequence[Record]) -> None:
+    def relative(self, path: str) -> str:
+        if self.root is None:  # the first items decide where the index's root is
+            self.root = common_root([Record(path)])
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            raise ZooError(f"{path} is outside the index's root {self.root}") from None
+
+    def add(self, vectors: np.ndarray, records: Sequence[Record]) -> np.ndarray:
+        """Add (N, D) vectors for ``records``; returns their new ids."""
         if len(records) == 0:
-            return
+            return np.zeros(0, np.int64)
         if vectors.shape[1] != self.dim:
             raise ZooError(f"embeddings of dim {vectors.shape[1]} cannot go into an index of dim {self.dim}")
         x = _normalised(vectors)
+        if self.root is None:
+            self.root = common_root(records)
         if not self.index.is_trained:
             try:
                 self.index.train(x)
             except RuntimeError as e:
-                raise ZooError(f"cannot train index '{self.meta['factory']}' on {len(x)} vectors: {str(e).splitlines()[-1][:120]}") from e
-        self.index.add(x)
-        for r in records:
-            item = {"path": r.path, "label": r.label}
-            if r.frame is not None:
-                item.update(frame=r.frame, time=r.time)
-            self.items.append(item)
+                raise ZooError(f"cannot train index '{self.meta['factory']}' on {len(x)} vectors: {faiss_reason(e)}") from None
+        ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
+        self.index.add_with_ids(x, ids)
+        self._next_id += len(x)
+        rows = []
+        for i, r in zip(ids.tolist(), records):
+            size, mtime = file_state(r.path) if r.frame is None else (None, None)
+            rows.append((i, self.relative(r.path), r.label, r.frame, r.time, size, mtime))
+        self.store.add(rows)
+        return ids
+
+    def remove(self, ids: Sequence[int]) -> None:
+        if len(ids) == 0:
+            return
+        sel = np.asarray(ids, dtype=np.int64)
+        try:
+            self.index.remove_ids(sel)
+        except RuntimeError:  # e.g. HNSW cannot remove: rebuild from the vectors that stay
+            self._rebuild_without(set(sel.tolist()))
+        self.store.remove(sel.tolist())
+
+    def _rebuild_without(self, gone: set[int]) -> None:
+        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        keep = np.array([i for i in ids.tolist() if i not in gone], dtype=np.int64)
+        vectors = np.stack([self.index.reconstruct(int(i)) for i in keep]) if len(keep) else np.zeros((0, self.dim), np.float32)
+        fresh = faiss.index_factory(self.dim, f"IDMap2,{self.meta['factory']}", faiss.METRIC_INNER_PRODUCT)
+        if len(keep):
+            if not fresh.is_trained:
+                fresh.train(vectors)
+            fresh.add_with_ids(vectors, keep)
+        self.index = fresh
 
     # ---- identity -----------------------------------------------------------------------
     @property
@@ -114,9 +179,32 @@ class ZooIndex:
     def __len__(self) -> int:
         return self.index.ntotal
 
+    def _item(self, row: dict) -> dict:
+        item = {"id": row["id"], "path": os.path.normpath(self.root / row["path"]), "label": row["label"]}
+        if row["frame"] is not None:
+            item.update(frame=row["frame"], time=row["time"])
+        return item
+
+    def item(self, id: int) -> dict:
+        """The item with FAISS id ``id``: id, absolute path, label[, frame, time]."""
+        row = self.store.get([id]).get(int(id))
+        if row is None:
+            raise ZooError(f"no item with id {id} in this index")
+        return self._item(row)
+
+    @property
+    def items(self) -> list[dict]:
+        """Every item in id order (reads the whole table: for small indexes and exports)."""
+        return [self._item(r) for r in self.store.rows()]
+
     @property
     def paths(self) -> list[str]:
         return [it["path"] for it in self.items]
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(absolute path, reason) of the files that could not be used."""
+        return [(str(self.root / p), reason) for p, reason, _, _ in self.store.skipped()]
 
     def describe(self) -> str:
         m = self.meta["model"]
@@ -134,100 +222,183 @@ class ZooIndex:
             )
 
     def model(self):
-        """The model that built this index, rebuilt from the metadata."""
+        """The model that built this index, rebuilt from its identity and the index's own files."""
         if self._model is None:
-            from zoo.model import ZooModel, load_model, model_config
+            from zoo.model import ZooModel
 
             m = self.meta["model"]
-            if m.get("checkpoint"):
-                model = load_model(m["checkpoint"])
-            else:
-                model = ZooModel(**model_config(m["hparams"]))
-            model.build()
-            self.check_model(model)  # e.g. the weights file changed since
+            own = self.folder / "model.safetensors" if self.folder is not None and m.get("own_weights") else None
+            if own is None and keeps_own_weights(str(m["weights"])):
+                raise ZooError(f"{self.folder}: the index records weights '{m['weights']}' but holds no copy of them; rebuild the index")
+            if not isinstance(m["hparams"], dict) or not isinstance(m["recipe"], dict):
+                raise ZooError(f"{self.folder}: meta.json is damaged (model hparams/recipe); rebuild the index")
+            # weights come from the index's own copy, a hub tag or a seed: never from a path in
+            # the metadata, so an edited meta.json cannot make zoo read another file
+            hp = {**m["hparams"], "weights": None}
+            if own is not None:
+                hp["pretrained"] = False
+            try:
+                model = ZooModel(**hp)
+                model.configure_model(load_weights=own is None, recipe=m["recipe"])
+            except (TypeError, ValueError, KeyError) as e:
+                raise ZooError(f"{self.folder}: the recorded model cannot be built ({e})") from None
+            if own is not None:
+                from safetensors.torch import load_file
+
+                try:
+                    model.load_state_dict(load_file(str(own)), strict=True)
+                except Exception as e:
+                    raise ZooError(f"{own} does not hold this index's model ({' '.join(str(e).split())[:120]})") from None
+                model.restored_weights_id = m["weights"]
+            model.eval()
+            self.check_model(model)  # e.g. hub weights that changed since
             self._model = model
         return self._model
 
     # ---- searching ------------------------------------------------------------------------
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) queries -> similarities (Q, k) and ids (Q, k); ids of -1 are empty slots."""
+        """(Q, D) queries -> similarities (Q, k) and item ids (Q, k); ids of -1 are empty slots."""
+        if k < 1:
+            raise ZooError(f"-k {k}: the number of results must be 1 or more")
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ZooError(f"query embeddings have dim {queries.shape[-1]}, the index has dim {self.dim} ({self.describe()})")
-        k = min(k, len(self))
+        k = min(k, len(self)) or 1
         return self.index.search(_normalised(queries), k)
 
     def hits(self, sims: np.ndarray, ids: np.ndarray) -> list[Hit]:
-        return [
-            Hit(rank=r + 1, similarity=float(s), path=self.items[i]["path"], label=self.items[i].get("label"),
-                frame=self.items[i].get("frame"), time=self.items[i].get("time"))
-            for r, (s, i) in enumerate(zip(sims, ids)) if i >= 0
-        ]
+        rows = self.store.get([int(i) for i in ids if i >= 0])
+        out = []
+        for s, i in zip(sims, ids):
+            if i < 0 or int(i) not in rows:
+                continue
+            it = self._item(rows[int(i)])
+            out.append(Hit(rank=len(out) + 1, similarity=float(s), path=it["path"], label=it["label"],
+                           frame=it.get("frame"), time=it.get("time"), id=int(i)))
+        return out
 
-    def search(self, images, k: int = 10, model=None, trainer: Optional[L.Trainer] = None) -> list[Hit] | list[list[Hit]]:
-        """Top-k hits for an image path (a list of hits) or a list of paths (a list per path)."""
+    def search_many(self, images: Sequence[str | Path], k: int = 10, model=None,
+                    trainer: Optional[L.Trainer] = None) -> list[tuple[str, list[Hit]]]:
+        """(query path, top-k hits) for every usable image among ``images`` (folders expand);
+        unusable ones are reported and left out, so each result stays tied to its query."""
         from zoo.embed import embed, require_some
 
-        single = isinstance(images, (str, os.PathLike))
+        if k < 1:
+            raise ZooError(f"-k {k}: the number of results must be 1 or more")
         model = model or self.model()
         self.check_model(model)
-        emb = embed(model, records_from([images] if single else images), trainer=trainer)
+        emb = embed(model, records_from(list(images)), trainer=trainer)
         require_some(emb, "the query")
         sims, ids = self.search_vectors(emb.vectors, k)
-        results = [self.hits(s, i) for s, i in zip(sims, ids)]
-        return results[0] if single else results
+        return [(r.path, self.hits(s, i)) for r, s, i in zip(emb.records, sims, ids)]
+
+    def search(self, images, k: int = 10, model=None, trainer: Optional[L.Trainer] = None):
+        """Top-k hits for one image path; for a list of paths, (query, hits) per usable image."""
+        if isinstance(images, (str, os.PathLike)):
+            if Path(images).is_dir():
+                raise ZooError(f"{images} is a folder; search a list of images with search_many")
+            return self.search_many([images], k, model, trainer)[0][1]
+        return self.search_many(images, k, model, trainer)
 
     # ---- persistence ----------------------------------------------------------------------
-    def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        path = Path(path)
-        check_writable(path, overwrite)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        faiss.write_index(self.index, str(tmp / "index.faiss"))
-        meta = {**self.meta, "count": len(self), "dim": self.dim, "items": self.items}
-        with open(tmp / "meta.json", "w") as f:
-            json.dump(meta, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
+    def save(self, path: str | Path, overwrite: bool = False, _locked: bool = False) -> Path:
+        """Write a new version of the index at ``path`` and switch to it atomically."""
+        path = Path(os.path.abspath(path))
+        if not _locked:
+            indexdir.check_target(path, overwrite, update=False)
+            with indexdir.locked(path):
+                return self.save(path, overwrite, _locked=True)
+        indexdir.clean_stale(path) if path.is_dir() else None
+        tmp, name = indexdir.new_version(path)
+        try:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            self.store.save_as(tmp / "items.sqlite")
+            meta = {**self.meta, "root": str(self.root), "count": len(self), "dim": self.dim}
+            model = self._model
+            if keeps_own_weights(meta["model"]["weights"]):
+                meta["model"]["own_weights"] = True
+                if model is not None:
+                    from safetensors.torch import save_file
+
+                    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                    save_file(state, str(tmp / "model.safetensors"))
+                elif self.folder is not None:  # an update: the model is unchanged, carry its file over
+                    try:
+                        os.link(self.folder / "model.safetensors", tmp / "model.safetensors")
+                    except OSError:
+                        import shutil
+
+                        shutil.copyfile(self.folder / "model.safetensors", tmp / "model.safetensors")
+            with open(tmp / "meta.json", "w") as f:
+                json.dump(meta, f, indent=1)
+            final = indexdir.commit_version(path, tmp, name)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.folder = final
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "ZooIndex":
-        path = Path(path)
-        if not (path / "meta.json").is_file() or not (path / "index.faiss").is_file():
-            raise ZooError(f"{path} is not a zoo index (expected a folder made by `zoo index`)")
-        meta = json.loads((path / "meta.json").read_text())
-        if meta.get("format") != FORMAT_VERSION:
-            raise ZooError(f"{path} has index format {meta.get('format')}; this zoo reads format {FORMAT_VERSION}")
-        items = meta.pop("items")
-        index = faiss.read_index(str(path / "index.faiss"))
-        if index.ntotal != len(items):
-            raise ZooError(f"{path} is inconsistent: {index.ntotal} vectors but {len(items)} items")
-        return cls(index, meta, items)
+        path = Path(os.path.abspath(path))
+        for attempt in range(3):  # a writer may switch versions while this reads
+            folder = indexdir.current_version(path)
+            try:
+                return cls._load_version(path, folder)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise ZooError(f"{folder} is incomplete; rebuild the index") from None
 
+    @classmethod
+    def _load_version(cls, path: Path, folder: Path) -> "ZooIndex":
+        for name in ("meta.json", "index.faiss", "items.sqlite"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(folder / name)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ZooError(f"{path}: meta.json is damaged ({' '.join(str(e).split())[:100]}); rebuild the index") from None
+        if not isinstance(meta, dict) or any(k not in meta for k in META_KEYS) or not isinstance(meta["model"], dict) \
+                or any(k not in meta["model"] for k in MODEL_KEYS):
+            raise ZooError(f"{path}: meta.json is damaged (missing {', '.join(k for k in META_KEYS if not isinstance(meta, dict) or k not in meta) or 'model fields'}); rebuild the index")
+        try:
+            index = faiss.read_index(str(folder / "index.faiss"))
+        except RuntimeError as e:
+            raise ZooError(f"{path}: index.faiss is damaged ({faiss_reason(e)[:160]}); rebuild the index") from None
+        if not isinstance(index, faiss.IndexIDMap2):
+            raise ZooError(f"{path}: index.faiss is not a zoo index (no item ids); rebuild the index")
+        store = ItemStore(folder / "items.sqlite", readonly=True)
+        if index.ntotal != len(store) or index.d != meta["model"]["dim"]:
+            raise ZooError(f"{path} is inconsistent: {index.ntotal} vectors of dim {index.d} but {len(store)} items of dim {meta['model']['dim']}")
+        return cls(index, meta, store, Path(meta["root"]), folder)
 
-def check_writable(path: Path, overwrite: bool) -> None:
-    if path.exists():
-        if not (path / "meta.json").is_file():
-            raise ZooError(f"{path} exists and is not a zoo index; refusing to replace it")
-        if not overwrite:
-            raise ZooError(f"{path} already exists; pass --overwrite to replace it or --update to add new files")
+    def writable_copy(self) -> "ZooIndex":
+        """This index with an in-memory item table, for an update."""
+        store = ItemStore()
+        self.store.db.backup(store.db)
+        out = ZooIndex(self.index, self.meta, store, self.root, self.folder)
+        out._model = self._model
+        return out
 
 
 def load_index(path: str | Path) -> ZooIndex:
     return ZooIndex.load(path)
 
 
+def _records(images, exclude: Optional[Path]) -> tuple[list[Record], Optional[Path]]:
+    """Records of a folder, files or records; and the folder they came from, if one."""
+    if isinstance(images, (str, os.PathLike)):
+        if Path(images).is_dir():
+            return scan_folder(images, exclude=exclude), Path(os.path.abspath(images))
+        return records_from([images]), None
+    if images and isinstance(images[0], Record):
+        return list(images), None
+    return records_from(images), None
+
+
 def build_index(
-    images: str | Path | Sequence[str | Path] | Sequence[Record],
+    images: str | Path | Sequence[str | Path] | Sequence[Record] | None,
     model=None,
     out: Optional[str | Path] = None,
     factory: str = "Flat",
@@ -241,41 +412,83 @@ def build_index(
     """Embed images (a folder, files, or records) and index them; saved to ``out`` if given.
 
     ``model``: a ZooModel, or None to build ``ZooModel(**model_kwargs)`` (e.g. backbone="vgg16").
-    ``update``: add only the files that ``out`` does not hold yet, with the index's own model.
+    ``update``: bring ``out`` up to date with its root folder: embed new and changed files,
+    drop the ones that disappeared, with the index's own model.
     """
-    from zoo.embed import embed
     from zoo.model import ZooModel
 
-    if isinstance(images, (str, os.PathLike)):
-        records = scan_folder(images) if Path(images).is_dir() else records_from([images])
-    elif images and isinstance(images[0], Record):
-        records = list(images)
-    else:
-        records = records_from(images)
+    out_path = Path(os.path.abspath(out)) if out is not None else None
     if update:
-        if out is None or not Path(out).exists():
-            raise ZooError(f"--update needs an existing index; {out} does not exist")
-        index = ZooIndex.load(out)
-        if model is not None:
-            index.check_model(model.build())
-        model = index.model()
-        known = {(it["path"], it.get("frame")) for it in index.items}
-        new = [r for r in records if (r.path, r.frame) not in known]
-        print(f"zoo: {len(new)} new file(s) to add to {len(index)} indexed", flush=True)
-    else:
-        if out is not None:
-            check_writable(Path(out), overwrite)  # before any expensive work
-        model = (model or ZooModel(**model_kwargs)).build()
-        index = ZooIndex.create(model, factory)
-        new = records
-    if new:
-        emb = embed(model, new, trainer=trainer, batch_size=batch_size, num_workers=num_workers)
-        if not update and len(emb.records) == 0:
-            raise ZooError("no usable images to index")
-        index.add(emb.vectors, emb.records)
-        skipped = {tuple(s) for s in index.meta.get("skipped", [])} | set(emb.skipped)
-        index.meta["skipped"] = [list(s) for s in sorted(skipped)]
-    if out is not None:
-        index.save(out, overwrite=overwrite or update)
+        if out_path is None:
+            raise ZooError("--update needs --out, the index to update")
+        indexdir.check_target(out_path, overwrite=False, update=True)
+        with indexdir.locked(out_path):
+            return _update(out_path, images, model, trainer, batch_size, num_workers)
+    sources = (Path(images),) if isinstance(images, (str, os.PathLike)) else ()
+    if out_path is not None:
+        indexdir.check_target(out_path, overwrite, update=False, sources=sources)  # before any expensive work
+    records, root = _records(images, exclude=out_path)
+    model = (model or ZooModel(**model_kwargs)).build()
+    index = ZooIndex.create(model, factory, root=root or common_root(records))
+    if out_path is None:
+        return _embed_into(index, model, records, trainer, batch_size, num_workers, require=True)
+    with indexdir.locked(out_path):
+        indexdir.check_target(out_path, overwrite, update=False, sources=sources)  # again, now under the lock
+        _embed_into(index, model, records, trainer, batch_size, num_workers, require=True)
+        index.save(out_path, overwrite=True, _locked=True)
     return index
 
+
+def _embed_into(index: ZooIndex, model, records: list[Record], trainer, batch_size: int, num_workers: int,
+                require: bool = False) -> ZooIndex:
+    from zoo.embed import embed
+
+    emb = embed(model, records, trainer=trainer, batch_size=batch_size, num_workers=num_workers) if records else None
+    if emb is None or len(emb.records) == 0:
+        if require:
+            raise ZooError("no usable images to index")
+        return index
+    index.add(emb.vectors, emb.records)
+    index.store.set_skipped((index.relative(p), reason, *file_state(p)) for p, reason in emb.skipped)
+    return index
+
+
+def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int) -> ZooIndex:
+    index = ZooIndex.load(out).writable_copy()
+    if images is not None and Path(os.path.realpath(images)) != Path(os.path.realpath(index.root)):
+        raise ZooError(f"{out} indexes {index.root}; --update rescans that folder (give no --images, or that one)")
+    if any(r["frame"] is not None for r in index.store.rows(batch=1)):
+        raise ZooError(f"{out} indexes video frames; --update works on image folders (rebuild it with --overwrite)")
+    if model is not None:
+        index.check_model(model.build())
+    model = index.model()
+    records = scan_folder(index.root, exclude=out)
+    known = {r["path"]: r for r in index.store.rows()}
+    skipped = {p: (size, mtime) for p, _, size, mtime in index.store.skipped()}
+    new, changed, retried, seen = [], [], [], set()
+    for r in records:
+        rel = index.relative(r.path)
+        seen.add(rel)
+        state = file_state(r.path)
+        if rel in known:
+            row = known[rel]
+            if (row["size"], row["mtime_ns"]) != state:  # changed since it was embedded
+                changed.append(row["id"])
+                new.append(r)
+        elif rel in skipped:
+            if skipped[rel] != state:  # a bad file that changed since: try it again
+                retried.append(rel)
+                new.append(r)
+        else:
+            new.append(r)
+    gone = [row["id"] for rel, row in known.items() if rel not in seen]
+    index.remove(gone + changed)
+    index.store.unskip([p for p in skipped if p not in seen] + retried)
+    still_bad = sum(1 for p in skipped if p in seen) - len(retried)
+    print(f"zoo: {out}: {len(new) - len(changed) - len(retried)} new, {len(changed) + len(retried)} changed, "
+          f"{len(gone)} removed file(s); {len(known)} indexed before"
+          + (f"; {still_bad} unusable file(s) unchanged since they were reported" if still_bad else ""),
+          file=sys.stderr, flush=True)
+    _embed_into(index, model, new, trainer, batch_size, num_workers)
+    index.save(out, _locked=True)
+    return index

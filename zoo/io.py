@@ -11,8 +11,15 @@ from zoo.errors import ZooError
 
 
 def refuse_overwrite(path: str | Path, overwrite: bool) -> None:
-    if Path(path).exists() and not overwrite:
+    """Refuse to replace ``path`` without --overwrite, or to write where nothing can be written."""
+    from zoo.indexdir import check_writable_dir
+
+    path = Path(path)
+    if path.exists() and not overwrite:
         raise ZooError(f"{path} already exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise ZooError(f"{path} is a folder; give a file name")
+    check_writable_dir(path.parent, str(path))
 
 
 @contextlib.contextmanager
@@ -24,6 +31,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+        from zoo.indexdir import fsync_dir
+
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

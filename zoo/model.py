@@ -82,7 +82,10 @@ class ZooModel(L.LightningModule):
         self.last_validation: Optional[dict[str, torch.Tensor]] = None
 
     # ---- building -------------------------------------------------------------------------
-    def configure_model(self, load_weights: bool = True) -> None:
+    def configure_model(self, load_weights: bool = True, recipe: Optional[dict] = None) -> None:
+        """Build backbone and head. ``load_weights=False``: random init, to be overwritten by a
+        state dict; ``recipe``: the resolved timm kwargs and preprocessing of a saved model
+        (so that a checkpoint or an index never reads the original weights file again)."""
         if self.head is not None:
             return
         hp = self.hparams
@@ -91,8 +94,8 @@ class ZooModel(L.LightningModule):
                 hp.backbone,
                 pretrained=hp.pretrained and load_weights,
                 weights=hp.weights if load_weights else None,
-                model_kwargs=hp.model_kwargs,
-                data_config=hp.data_config,
+                model_kwargs=recipe["model_kwargs"] if recipe else hp.model_kwargs,
+                data_config=recipe["data_config"] if recipe else hp.data_config,
                 seed=hp.seed,
             )
         if self.backbone is None:
@@ -116,12 +119,20 @@ class ZooModel(L.LightningModule):
         self.configure_model()
         return self
 
+    @property
+    def recipe(self) -> dict:
+        """How to build the networks again without reading any file (plain JSON values)."""
+        if self.backbone is not None and getattr(self.backbone, "recipe", None):
+            return self.backbone.recipe
+        return {"model_kwargs": self.hparams.model_kwargs or {}, "data_config": self.hparams.data_config or {}}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["zoo_weights_id"] = self.weights_id
+        checkpoint["zoo_recipe"] = self.recipe
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # the checkpoint holds every weight: build the networks without fetching any
-        self.configure_model(load_weights=False)
+        # the checkpoint holds every weight and how to build the networks: read nothing else
+        self.configure_model(load_weights=False, recipe=checkpoint.get("zoo_recipe"))
         self._base_weights_id = checkpoint.get("zoo_weights_id")
         if self.backbone is not None:  # built without weights: decide by the weights it was trained from
             self._set_norm_stats(str(self._base_weights_id))
@@ -146,6 +157,8 @@ class ZooModel(L.LightningModule):
 
     @property
     def weights_id(self) -> str:
+        if getattr(self, "restored_weights_id", None):  # rebuilt from an index's own copy
+            return self.restored_weights_id
         if getattr(self, "checkpoint_id", None):
             return f"{self.checkpoint_id} (trained from {self._base_weights_id})"
         return self.backbone.weights_id if self.backbone is not None else f"random init (seed {self.hparams.seed})"
@@ -232,16 +245,30 @@ def model_config(hparams: dict) -> dict:
 
 
 def load_model(checkpoint: str) -> ZooModel:
-    """A trained ZooModel from a Lightning checkpoint, ready to embed (eval mode)."""
+    """A trained ZooModel from a Lightning checkpoint, ready to embed (eval mode).
+
+    The file is read with ``weights_only=True``: tensors and plain values only, so a crafted
+    checkpoint cannot run code; anything else is refused.
+    """
+    import pickle
     from pathlib import Path
 
     if not Path(checkpoint).is_file():
         raise ZooError(f"checkpoint not found: {checkpoint}")
     try:
-        model = ZooModel.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
-    except (KeyError, RuntimeError, EOFError) as e:
-        raise ZooError(f"cannot load checkpoint {checkpoint}: {str(e).splitlines()[0]}") from e
-    model.checkpoint_path = str(Path(checkpoint).resolve())
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("hyper_parameters"), dict) or "state_dict" not in ckpt:
+            raise ZooError(f"{checkpoint} is not a zoo checkpoint (no hyper_parameters/state_dict)")
+        model = ZooModel(**model_config(ckpt["hyper_parameters"]))
+        model.on_load_checkpoint(ckpt)  # builds the networks from the checkpoint's recipe: no other file is read
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except pickle.UnpicklingError:
+        raise ZooError(f"refusing to load {checkpoint}: it holds Python objects beyond tensors and plain values "
+                       "(loading it could run code); only zoo/Lightning checkpoints are accepted") from None
+    except ZooError:
+        raise
+    except Exception as e:  # truncated, not a checkpoint, or another model's
+        raise ZooError(f"cannot load checkpoint {checkpoint}: {' '.join(str(e).split())[:160] or type(e).__name__}") from None
     model.checkpoint_id = f"checkpoint:{Path(checkpoint).name} sha256:{sha256_file(checkpoint)[:16]}"
     model.eval()
     return model

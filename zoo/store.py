@@ -1,0 +1,125 @@
+"""The items of an index in SQLite: one row per vector, looked up by id, never all read at once.
+
+A row holds the FAISS id, the file's path relative to the indexed root, its label, the frame
+number and time of a video frame, and the size and modification time that ``--update`` uses
+to see what changed. Files that could not be decoded are kept too (``skipped``), with their
+size and time, so an unchanged bad file is not read and reported again on every update.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+from zoo.errors import ZooError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,     -- the vector's FAISS id
+    path TEXT NOT NULL,         -- relative to the index's root, '/'-separated
+    label TEXT,
+    frame INTEGER,              -- video frames only
+    time REAL,                  -- seconds, video frames only
+    size INTEGER,               -- bytes, when indexed
+    mtime_ns INTEGER            -- modification time, when indexed
+);
+CREATE INDEX IF NOT EXISTS items_path ON items (path);
+CREATE TABLE IF NOT EXISTS skipped (
+    path TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER
+);
+"""
+COLUMNS = ("id", "path", "label", "frame", "time", "size", "mtime_ns")
+
+
+class ItemStore:
+    """Rows of ``items`` and ``skipped`` in one SQLite database (a file, or in memory)."""
+
+    def __init__(self, path: Optional[str | Path] = None, readonly: bool = False):
+        self.path = None if path is None else Path(path)
+        try:
+            if self.path is None:
+                self.db = sqlite3.connect(":memory:", check_same_thread=False)
+            elif readonly:
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            else:
+                self.db = sqlite3.connect(str(self.path), check_same_thread=False)
+            if not readonly:
+                self.db.executescript(SCHEMA)
+            self.db.execute("SELECT id, path, label, frame, time, size, mtime_ns FROM items LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise ZooError(f"{path}: not a readable zoo item table ({e})") from None
+
+    # ---- writing ----------------------------------------------------------------------------
+    def add(self, rows: Iterable[tuple]) -> None:
+        """rows of (id, path, label, frame, time, size, mtime_ns)."""
+        with self.db:
+            self.db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def remove(self, ids: Sequence[int]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM items WHERE id = ?", ((int(i),) for i in ids))
+
+    def set_skipped(self, rows: Iterable[tuple[str, str, Optional[int], Optional[int]]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)", rows)
+
+    def unskip(self, paths: Iterable[str]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM skipped WHERE path = ?", ((p,) for p in paths))
+
+    def save_as(self, path: str | Path) -> None:
+        """A consistent copy of the whole database at ``path`` (SQLite's backup API)."""
+        dest = sqlite3.connect(str(path))
+        try:
+            self.db.backup(dest)
+            dest.commit()
+        finally:
+            dest.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- reading ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def get(self, ids: Sequence[int]) -> dict[int, dict]:
+        """id -> row dict for the ids that exist."""
+        out: dict[int, dict] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            q = f"SELECT * FROM items WHERE id IN ({','.join('?' * len(part))})"
+            for row in self.db.execute(q, part):
+                out[row[0]] = dict(zip(COLUMNS, row))
+        return out
+
+    def rows(self, batch: int = 10_000) -> Iterator[dict]:
+        """Every row, in id order, a batch at a time."""
+        last = -1
+        while True:
+            chunk = self.db.execute("SELECT * FROM items WHERE id > ? ORDER BY id LIMIT ?", (last, batch)).fetchall()
+            if not chunk:
+                return
+            for row in chunk:
+                yield dict(zip(COLUMNS, row))
+            last = chunk[-1][0]
+
+    def max_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(id), -1) FROM items").fetchone()[0]
+
+    def skipped(self) -> list[tuple[str, str, Optional[int], Optional[int]]]:
+        return self.db.execute("SELECT path, reason, size, mtime_ns FROM skipped ORDER BY path").fetchall()
+
+
+def file_state(path: str | Path) -> tuple[Optional[int], Optional[int]]:
+    """(size, mtime_ns) of a file, or (None, None) if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
