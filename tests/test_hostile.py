@@ -344,12 +344,13 @@ def test_checkpoint_and_index_do_not_need_the_weights_file_or_the_working_direct
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        code, _, err = zoo_cli("fit", "--model.backbone", "timm/test_resnet", "--model.head", "triplet",
+        code, out, err = zoo_cli("fit", "--model.backbone", "timm/test_resnet", "--model.head", "triplet",
                                "--model.weights", "weights/w.pth", "--data.root", shapes_dir, "--data.batch_size", "6",
                                "--data.samples_per_class", "2", "--data.num_workers", "0", "--trainer.max_epochs", "1",
                                "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", tmp_path / "runs",
                                "--trainer.default_root_dir", tmp_path / "runs")
         assert code == 0, err
+        assert f"zoo: best checkpoint (val/map = " in out and f"zoo: last checkpoint (resume with --ckpt_path): {tmp_path / 'runs'}" in out
         code, out, err = zoo_cli("index", "--images", shapes_dir, "--out", "rel.index", "--num_workers", "0",
                                  "--model.backbone", "timm/test_resnet", "--model.weights", "weights/w.pth")
         assert code == 0, err

@@ -109,3 +109,67 @@ def test_cli_index_search_json_and_grid(shapes_dir, tmp_path, zoo_cli):
     assert code == 0 and "   1   1.0000  " + str(q) in stdout
     code, _, err = zoo_cli("search", "--query", q, "--index", out, "--backbone", "vgg16")
     assert code == 2 and "model mismatch" in err
+
+
+class StubModel:
+    """Just enough of a ZooModel for an index of ready-made vectors."""
+
+    def __init__(self, dim: int):
+        self.embedding_dim, self.architecture, self.weights_id = dim, "stub+frozen", "random init (seed 0)"
+        self.hparams, self.data_config, self.recipe = {"backbone": "stub", "head": "frozen"}, {}, {}
+
+
+def test_auto_factory_by_size_and_memory():
+    from zoo.index import auto_factory
+
+    gb = 1 << 30
+    assert auto_factory(49_999, 2048, 24 * gb) == "Flat"
+    assert auto_factory(1_000_000, 1280, 24 * gb) == "IVF4096,Flat"  # 5.1 GB of floats fit in a quarter of 24 GB
+    assert auto_factory(1_000_000, 1280, 8 * gb) == "IVF4096,SQ8"
+    assert auto_factory(10_000_000, 1280, 24 * gb) == "IVF16384,PQ128"
+
+
+def test_ivf_knobs_persist_and_remove_by_id(tmp_path):
+    from zoo.data import Record
+    from zoo.index import ZooIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 16)).astype(np.float32)
+    for i in range(len(x)):
+        (tmp_path / f"{i}.png").touch()
+    records = [Record(str(tmp_path / f"{i}.png")) for i in range(len(x))]
+    idx = ZooIndex.create(StubModel(16), "IVF64,Flat")
+    idx.add(x, records)
+    assert idx.meta["search"] == {"nprobe": 16} and idx.root == tmp_path
+    exact = ZooIndex.create(StubModel(16), "Flat")
+    exact.add(x, records)
+    _, truth = exact.search_vectors(x[:200], 10)
+
+    def recall(index):
+        _, ids = index.search_vectors(x[:200], 10)
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), truth.tolist())])
+
+    idx.set_search(nprobe=1)
+    low = recall(idx)
+    idx.set_search(nprobe=64)
+    assert low < 0.9 and recall(idx) == 1.0  # all lists visited: exact
+    idx.set_search(nprobe=16)
+    idx.save(tmp_path / "ivf.index")
+    loaded = zoo.load_index(tmp_path / "ivf.index")  # memory-mapped, with the index's own nprobe
+    import faiss
+
+    assert faiss.extract_index_ivf(loaded.index).nprobe == 16 and recall(loaded) == recall(idx)
+    with pytest.raises(ZooError, match="--nprobe 0: must be 1 or more"):
+        loaded.set_search(nprobe=0)
+    with pytest.raises(ZooError, match="this index takes no efSearch"):
+        loaded.set_search(ef_search=8)
+    # remove by id without rebuilding; HNSW, which cannot remove, is rebuilt from what stays
+    for factory in ("IVF64,Flat", "HNSW8"):
+        ix = ZooIndex.create(StubModel(16), factory)
+        ix.add(x, records)
+        ix.remove([0, 1, 2])
+        sims, ids = ix.search_vectors(x[:3], 1)
+        assert len(ix) == len(ix.store) == 1997 and not set(ids[:, 0].tolist()) & {0, 1, 2}
+        assert ix.item(3)["path"] == str(tmp_path / "3.png")
+        with pytest.raises(ZooError, match="no item with id 0"):
+            ix.item(0)

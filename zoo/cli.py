@@ -54,7 +54,7 @@ class ZooTrainer(L.Trainer):
         out: str = "zoo.index",
         backbone: Optional[str] = None,
         checkpoint: Optional[str] = None,
-        factory: str = "Flat",
+        factory: str = "auto",
         overwrite: bool = False,
         update: bool = False,
         video: Optional[str] = None,
@@ -70,7 +70,8 @@ class ZooTrainer(L.Trainer):
             out: index folder to write.
             backbone: shortcut for --model.backbone.
             checkpoint: a trained zoo checkpoint to embed with, instead of --model.*.
-            factory: FAISS index_factory string (Flat = exact; e.g. HNSW32, IVF256,Flat, SQfp16).
+            factory: FAISS index_factory string (Flat = exact; e.g. HNSW32, IVF1024,Flat, IVF1024,SQ8,
+                SQfp16), or auto: Flat below 50k images, else IVF (Flat/SQ8/PQ codes by memory).
             overwrite: replace an existing index.
             update: add only files the existing index does not hold.
             video: index this video's frames instead of a folder.
@@ -103,6 +104,8 @@ class ZooTrainer(L.Trainer):
         json: bool = False,
         grid: Optional[str] = None,
         overwrite: bool = False,
+        nprobe: Optional[int] = None,
+        ef_search: Optional[int] = None,
         backbone: Optional[str] = None,
         checkpoint: Optional[str] = None,
         datamodule: Any = None,
@@ -115,6 +118,8 @@ class ZooTrainer(L.Trainer):
             k: number of results.
             json: print JSON instead of a table.
             grid: save a PNG of each query and its top k.
+            nprobe: IVF indexes: inverted lists to visit (default: the index's own, ~0.95 recall@10).
+            ef_search: HNSW indexes: search breadth (default: the index's own).
             backbone: embed queries with this backbone (must match the index's).
             checkpoint: embed queries with this trained checkpoint (must match the index's).
         """
@@ -126,6 +131,7 @@ class ZooTrainer(L.Trainer):
         if grid:
             refuse_overwrite(grid, overwrite)
         idx = load_index(index)
+        idx.set_search(nprobe=nprobe, ef_search=ef_search)
         qmodel = resolve_model(model, backbone, checkpoint).build() if (backbone or checkpoint) else None
         results = idx.search_many(query, k=k, model=qmodel, trainer=self)  # [(query path, hits)]
         if json:
@@ -324,8 +330,8 @@ class ZooCLI(LightningCLI):
         for cb in self.trainer.checkpoint_callbacks:
             if cb.monitor and cb.best_model_path:
                 print(f"zoo: best checkpoint ({cb.monitor} = {float(cb.best_model_score):.4f}): {cb.best_model_path}")
-            elif cb.last_model_path:
-                print(f"zoo: last checkpoint (resume with --ckpt_path): {cb.last_model_path}")
+            elif not cb.monitor and (cb.last_model_path or cb.best_model_path):  # saved every epoch
+                print(f"zoo: last checkpoint (resume with --ckpt_path): {cb.last_model_path or cb.best_model_path}")
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({

@@ -88,6 +88,9 @@ def records_from(inputs: Sequence[str | Path]) -> list[Record]:
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):
             raise ZooError(f"expected image paths, got {type(item).__name__}")
+        bad: list[str] = []
+        if not _utf8(str(item), "", bad):
+            raise ZooError(f"file name is not valid UTF-8: {bad[0]}; rename it")
         p = Path(item).expanduser()
         if p.is_dir():
             records += scan_folder(p)

@@ -79,6 +79,47 @@ def keeps_own_weights(weights_id: str) -> bool:
     return not (weights_id.startswith("hub:") or weights_id.startswith("random init"))
 
 
+def auto_factory(n: int, dim: int, memory_bytes: Optional[int] = None) -> str:
+    """An index_factory string for ``n`` vectors of ``dim``: exact below 50k vectors; an inverted
+    file above, with 8-bit scalar codes when float vectors would take over a quarter of the
+    memory, and product-quantised codes when even those would not fit."""
+    if n < 50_000:
+        return "Flat"
+    if memory_bytes is None:
+        import psutil
+
+        memory_bytes = psutil.virtual_memory().total
+    nlist = int(min(65536, 2 ** round(np.log2(4 * np.sqrt(n)))))
+    if n * dim * 4 <= memory_bytes // 4:
+        return f"IVF{nlist},Flat"
+    if n * dim <= memory_bytes // 4:
+        return f"IVF{nlist},SQ8"
+    m = max(m for m in (8, 16, 32, 48, 64, 96, 128) if dim % m == 0 and m <= dim // 8) if dim >= 64 else dim
+    return f"IVF{nlist},PQ{m}"
+
+
+def default_search_params(index: faiss.Index) -> dict[str, int]:
+    """Search-time settings for a recall@10 near 0.95 (measured in benchmarks/index_scale.py)."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is not None:
+        return {"nprobe": int(min(ivf.nlist, max(16, ivf.nlist // 32)))}
+    if "HNSW" in type(inner).__name__:
+        return {"efSearch": 128}
+    return {}
+
+
+def set_search_params(index: faiss.Index, params: dict[str, int]) -> None:
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        if value is None:
+            continue
+        try:
+            space.set_index_parameter(index, name, int(value))
+        except RuntimeError as e:
+            raise ZooError(f"this index takes no {name} ({faiss_reason(e)[:120]})") from None
+
+
 def _normalised(vectors: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     faiss.normalize_L2(x)
@@ -102,7 +143,10 @@ class ZooIndex:
 
     # ---- building -------------------------------------------------------------------------
     @classmethod
-    def create(cls, model, factory: str = "Flat", root: Optional[Path] = None) -> "ZooIndex":
+    def create(cls, model, factory: str = "Flat", root: Optional[Path] = None, expected: int = 0) -> "ZooIndex":
+        """An empty index; ``factory`` "auto" chooses one for ``expected`` vectors (auto_factory)."""
+        if factory == "auto":
+            factory = auto_factory(expected, model.embedding_dim)
         try:
             index = faiss.index_factory(model.embedding_dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
@@ -121,10 +165,10 @@ class ZooIndex:
     def relative(self, path: str) -> str:
         if self.root is None:  # the first items decide where the index's root is
             self.root = common_root([Record(path)])
-        try:
-            return Path(path).relative_to(self.root).as_posix()
-        except ValueError:
-            raise ZooError(f"{path} is outside the index's root {self.root}") from None
+        prefix = str(self.root).rstrip(os.sep) + os.sep
+        if not path.startswith(prefix):
+            raise ZooError(f"{path} is outside the index's root {self.root}")
+        return path[len(prefix):].replace(os.sep, "/")
 
     def add(self, vectors: np.ndarray, records: Sequence[Record]) -> np.ndarray:
         """Add (N, D) vectors for ``records``; returns their new ids."""
@@ -135,11 +179,16 @@ class ZooIndex:
         x = _normalised(vectors)
         if self.root is None:
             self.root = common_root(records)
-        if not self.index.is_trained:
+        if not self.index.is_trained:  # on a seeded sample: k-means needs ~40-256 points a list, not all
+            ivf = faiss.try_extract_index_ivf(faiss.downcast_index(self.index.index))
+            n_train = min(len(x), max(100_000, 64 * ivf.nlist) if ivf is not None else 100_000)
+            sample = x if n_train == len(x) else x[np.sort(np.random.default_rng(0).choice(len(x), n_train, replace=False))]
             try:
-                self.index.train(x)
+                self.index.train(sample)
             except RuntimeError as e:
-                raise ZooError(f"cannot train index '{self.meta['factory']}' on {len(x)} vectors: {faiss_reason(e)}") from None
+                raise ZooError(f"cannot train index '{self.meta['factory']}' on {len(sample)} vectors: {faiss_reason(e)}") from None
+            self.meta["search"] = default_search_params(self.index)
+            set_search_params(self.index, self.meta["search"])
         ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
         self.index.add_with_ids(x, ids)
         self._next_id += len(x)
@@ -256,6 +305,14 @@ class ZooIndex:
         return self._model
 
     # ---- searching ------------------------------------------------------------------------
+    def set_search(self, nprobe: Optional[int] = None, ef_search: Optional[int] = None) -> None:
+        """Search-time knobs: inverted lists visited (IVF) or graph breadth (HNSW); more = slower,
+        better recall. The index keeps its own defaults (meta["search"])."""
+        for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+            if value is not None and value < 1:
+                raise ZooError(f"--{'ef_search' if name == 'efSearch' else name} {value}: must be 1 or more")
+        set_search_params(self.index, {"nprobe": nprobe, "efSearch": ef_search})
+
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) queries -> similarities (Q, k) and item ids (Q, k); ids of -1 are empty slots."""
         if k < 1:
@@ -340,18 +397,20 @@ class ZooIndex:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "ZooIndex":
+    def load(cls, path: str | Path, mmap: bool = True) -> "ZooIndex":
+        """Open an index; ``mmap``: map the vectors from disk instead of reading them (read-only,
+        opens in a moment whatever the size; the OS pages in what searches touch)."""
         path = Path(os.path.abspath(path))
         for attempt in range(3):  # a writer may switch versions while this reads
             folder = indexdir.current_version(path)
             try:
-                return cls._load_version(path, folder)
+                return cls._load_version(path, folder, mmap)
             except FileNotFoundError:
                 if attempt == 2:
                     raise ZooError(f"{folder} is incomplete; rebuild the index") from None
 
     @classmethod
-    def _load_version(cls, path: Path, folder: Path) -> "ZooIndex":
+    def _load_version(cls, path: Path, folder: Path, mmap: bool = True) -> "ZooIndex":
         for name in ("meta.json", "index.faiss", "items.sqlite"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(folder / name)
@@ -363,7 +422,7 @@ class ZooIndex:
                 or any(k not in meta["model"] for k in MODEL_KEYS):
             raise ZooError(f"{path}: meta.json is damaged (missing {', '.join(k for k in META_KEYS if not isinstance(meta, dict) or k not in meta) or 'model fields'}); rebuild the index")
         try:
-            index = faiss.read_index(str(folder / "index.faiss"))
+            index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         except RuntimeError as e:
             raise ZooError(f"{path}: index.faiss is damaged ({faiss_reason(e)[:160]}); rebuild the index") from None
         if not isinstance(index, faiss.IndexIDMap2):
@@ -371,6 +430,8 @@ class ZooIndex:
         store = ItemStore(folder / "items.sqlite", readonly=True)
         if index.ntotal != len(store) or index.d != meta["model"]["dim"]:
             raise ZooError(f"{path} is inconsistent: {index.ntotal} vectors of dim {index.d} but {len(store)} items of dim {meta['model']['dim']}")
+        if isinstance(meta.get("search"), dict):
+            set_search_params(index, meta["search"])
         return cls(index, meta, store, Path(meta["root"]), folder)
 
     def writable_copy(self) -> "ZooIndex":
@@ -401,7 +462,7 @@ def build_index(
     images: str | Path | Sequence[str | Path] | Sequence[Record] | None,
     model=None,
     out: Optional[str | Path] = None,
-    factory: str = "Flat",
+    factory: str = "auto",
     overwrite: bool = False,
     update: bool = False,
     trainer: Optional[L.Trainer] = None,
@@ -429,7 +490,9 @@ def build_index(
         indexdir.check_target(out_path, overwrite, update=False, sources=sources)  # before any expensive work
     records, root = _records(images, exclude=out_path)
     model = (model or ZooModel(**model_kwargs)).build()
-    index = ZooIndex.create(model, factory, root=root or common_root(records))
+    index = ZooIndex.create(model, factory, root=root or common_root(records), expected=len(records))
+    if factory == "auto":
+        print(f"zoo: --factory auto: {index.meta['factory']} for {len(records)} files of dim {model.embedding_dim}", file=sys.stderr)
     if out_path is None:
         return _embed_into(index, model, records, trainer, batch_size, num_workers, require=True)
     with indexdir.locked(out_path):
@@ -454,7 +517,7 @@ def _embed_into(index: ZooIndex, model, records: list[Record], trainer, batch_si
 
 
 def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int) -> ZooIndex:
-    index = ZooIndex.load(out).writable_copy()
+    index = ZooIndex.load(out, mmap=False).writable_copy()
     if images is not None and Path(os.path.realpath(images)) != Path(os.path.realpath(index.root)):
         raise ZooError(f"{out} indexes {index.root}; --update rescans that folder (give no --images, or that one)")
     if any(r["frame"] is not None for r in index.store.rows(batch=1)):
