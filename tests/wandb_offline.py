@@ -63,7 +63,7 @@ def read_run(run_dir: str | Path) -> dict:
         elif kind == "history":
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item})
         elif kind == "artifact":
-            artifacts.append({"name": rec.artifact.name, "type": rec.artifact.type,
+            artifacts.append({"name": rec.artifact.name, "type": rec.artifact.type, "aliases": list(rec.artifact.aliases),
                               "files": [m.path for m in rec.artifact.manifest.contents]})
     config = {k: (v["value"] if isinstance(v, dict) and "value" in v and set(v) <= {"value", "desc"} else v) for k, v in config.items()}
     return {**run, "config": config, "summary": summary, "history": history, "artifacts": artifacts}

@@ -343,6 +343,11 @@ class ZooCLI(LightningCLI):
         settings = {key: cfg[key].as_dict() for key in ("trainer", "data") if cfg.get(key) is not None}
         prepare_fit_logger(self.trainer, self.model, _json.loads(_json.dumps(settings, default=str)))
 
+    def after_fit(self) -> None:
+        from zoo.wandb_log import finish_fit_logger
+
+        finish_fit_logger(self.trainer)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({
             "trainer.max_epochs": 10,

@@ -122,7 +122,8 @@ def log_benchmark(meta: dict, rows: Sequence[dict], results: Sequence[dict], arc
 def wandb_logger_args(save_dir: str = "runs", project: str = "zoo") -> list[str]:
     """`zoo fit --wandb`: Lightning's WandbLogger, the best checkpoint logged as an artifact."""
     return ["--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.log_model", "true",
-            "--trainer.logger.project", project, "--trainer.logger.save_dir", save_dir]
+            "--trainer.logger.project", project, "--trainer.logger.save_dir", save_dir,
+            "--trainer.logger.name", "null"]  # not CSVLogger's "lightning_logs", carried over by the parser
 
 
 def prepare_fit_logger(trainer, model, config: Optional[dict] = None) -> None:
@@ -133,10 +134,26 @@ def prepare_fit_logger(trainer, model, config: Optional[dict] = None) -> None:
     for logger in trainer.loggers:
         if not isinstance(logger, WandbLogger):
             continue
-        os.environ.setdefault("WANDB_MODE", wandb_mode())
+        if logger._experiment is not None:
+            continue
         init = logger._wandb_init  # read by WandbLogger.experiment, which is created lazily
-        if not init.get("name"):
-            init["name"] = model.architecture
+        for key in [k for k, v in init.items() if v is None]:  # unset: wandb's own defaults
+            del init[key]
+        init.setdefault("mode", wandb_mode())
+        init.setdefault("name", model.architecture)
         init.setdefault("job_type", "fit")
         if config:
             logger.log_hyperparams(config)
+
+
+def finish_fit_logger(trainer) -> None:
+    """After training: close the W&B run, so the checkpoint artifacts are written now."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger._experiment.finish()
+            mode = logger._wandb_init.get("mode")
+            if mode == "offline":
+                print(f"zoo: W&B run offline in {logger.save_dir}/wandb; upload with `wandb sync {logger.save_dir}/wandb/offline-run-*`",
+                      file=sys.stderr)
