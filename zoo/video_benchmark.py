@@ -147,6 +147,8 @@ def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], windo
         raise ZooError(f"{out} already holds benchmark results; pass --overwrite or another --out")
     if window < 0:
         raise ZooError(f"--window {window}: must be 0 or more")
+    if not Path(video).is_file():
+        raise ZooError(f"no such video: {video}")
     examples = read_truth(query)
     frames = video_records(video, every=1)
     last = frames[-1].frame
