@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -25,10 +26,19 @@ class EmbeddingModel(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        # the networks only, not the LightningModule (tracing must not touch its trainer)
+        self.backbone = model.backbone
+        self.head = model.head
+        self.feature_map = model.backbone is not None and getattr(model.head, "input", "pooled") == "map"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.model(images), dim=1)
+        if self.backbone is None:
+            x = images  # the head encodes
+        elif self.feature_map:
+            x = self.backbone.forward_features(images)  # (B, C, h, w)
+        else:
+            x = self.backbone(images)  # (B, dim)
+        return torch.nn.functional.normalize(self.head(x), dim=1)  # (B, D)
 
 
 def sidecar_path(out: str | Path) -> Path:
@@ -73,11 +83,17 @@ def export_model(model, format: str = "onnx", out: Optional[str] = None, overwri
     example = torch.zeros(2, 3, int(h), int(w))
     with torch.no_grad(), atomic_path(out) as tmp:
         if fmt == "onnx":
+            try:
+                import onnx  # noqa: F401  (the exporter writes through it)
+            except ImportError:
+                raise ZooError("ONNX export needs the onnx package: pip install onnx") from None
             torch.onnx.export(net, (example,), str(tmp), input_names=["images"], output_names=["embedding"],
                               dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}},
                               opset_version=opset, dynamo=False)
         else:
-            torch.jit.save(torch.jit.trace(net, example), str(tmp))
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream, still widely served
+                warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+                torch.jit.save(torch.jit.trace(net, example), str(tmp))
     write_json(side, info)
     print(f"zoo: exported {info['identity']['architecture']} ({info['identity']['weights']}) as {fmt} -> {out}; "
           f"preprocessing and identity -> {side}", file=sys.stderr)
