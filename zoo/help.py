@@ -44,6 +44,9 @@ class ZooArgumentParser(LightningArgumentParser):
         formatter.start_section("common model options" + (" and training options" if command in TRAINING_COMMANDS else ""))
         formatter.add_arguments(common)
         formatter.end_section()
+        if command == "fit":
+            formatter.add_text("--wandb [--wandb_project P]: log to Weights & Biases (Lightning's WandbLogger, offline "
+                               "unless W&B is set up; run named after the architecture; best checkpoint as artifact)")
         hidden = sum(1 for a in self._actions if a.dest.split(".")[0] in CORE_PREFIXES) - len(common)
         formatter.add_text(f"{hidden} more options (--model.*, --trainer.*: accelerator, devices, precision, ...; "
                            f"--data.*): zoo {command} --help-all")
