@@ -106,3 +106,23 @@ def test_video_protocol_bad_input_is_one_line(tmp_path, zoo_cli):
         code, _, err = zoo_cli("benchmark", *args, "--out", tmp_path / "o", *TINY)
         lines = [l for l in err.splitlines() if l.startswith("zoo: error:")]
         assert code == 2 and len(lines) == 1 and message in lines[0], (args, err)
+
+
+def test_examples_made_from_frames_with_edits(tmp_path, zoo_cli):
+    clip = make_video(tmp_path / "clip.mp4")
+    examples = tmp_path / "made"
+    out = tmp_path / "vb"
+    args = ("benchmark", "--video", clip, "--query", examples, "--make_examples", "4", "--window", "10", "--out", out,
+            "--backbone", "test_resnet", "--samples", "0", *TINY)
+    code, _, err = zoo_cli(*args)
+    assert code == 0, err
+    truth = list(csv.DictReader(open(examples / "truth.csv")))
+    assert [int(r["frame"]) for r in truth] == [0, 13, 26, 39]  # evenly spaced over 40 frames
+    from PIL import Image
+
+    sizes = [Image.open(examples / r["file"]).size for r in truth]
+    assert all(38 <= w <= 46 and 38 <= h <= 46 for w, h in sizes)  # cropped to 80-95% of 48 px
+    row = json.load(open(out / "results.json"))["results"][0]
+    assert [q["truth_frame"] for q in row["queries"]] == [0, 13, 26, 39] and row["examples"] == 4
+    code, _, err = zoo_cli(*args[:-len(TINY)], "--out", tmp_path / "vb2", *TINY)  # the examples are kept
+    assert code == 2 and "truth.csv already exists; pass --overwrite" in err

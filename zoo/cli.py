@@ -226,6 +226,7 @@ class ZooTrainer(L.Trainer):
         wandb_project: str = "zoo",
         video: Optional[str] = None,
         window: int = 5,
+        make_examples: int = 0,
         twin_threshold: float = 0.9,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -251,6 +252,8 @@ class ZooTrainer(L.Trainer):
                 comparison run (offline under --out unless W&B is set up).
             video: video protocol: search every frame of this video with the --query examples.
             window: video protocol: a result within +-window frames of the true frame counts.
+            make_examples: video protocol: first write N examples (evenly spaced frames, cropped,
+                brightness changed, JPEG) and their truth.csv into --query.
             twin_threshold: cosine at which two images of the set count as near-identical twins.
         """
         from zoo.benchmark import Architecture, run_benchmark
@@ -264,7 +267,7 @@ class ZooTrainer(L.Trainer):
             run_video_benchmark(
                 archs, video=video, query=query, window=window, k=k, out=out, overwrite=overwrite, samples=samples,
                 use_wandb=wandb, wandb_project=wandb_project, trainer=self, batch_size=batch_size,
-                num_workers=num_workers,
+                num_workers=num_workers, make=make_examples, seed=seed,
             )
             return
         run_benchmark(

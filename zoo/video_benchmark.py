@@ -62,6 +62,42 @@ def read_truth(folder: str | Path) -> list[tuple[Record, int]]:
     return out
 
 
+def make_examples(video: str | Path, folder: str | Path, n: int, seed: int = 0, overwrite: bool = False) -> Path:
+    """Example images cut from ``n`` evenly spaced frames of ``video``, each edited like a photo
+    of the screen (a seeded random crop keeping 80-95% of each side, brightness x0.8-1.2, JPEG
+    quality 75), with FOLDER/truth.csv naming each one's true frame."""
+    import random
+
+    from PIL import ImageEnhance
+
+    from zoo.video import video_records
+
+    folder = Path(folder)
+    if (folder / TRUTH_FILE).exists() and not overwrite:
+        raise ZooError(f"{folder / TRUTH_FILE} already exists; pass --overwrite to make new examples")
+    if n < 1:
+        raise ZooError(f"--make_examples {n}: must be 1 or more")
+    frames = video_records(video, every=1)
+    picks = sorted({round(i * (len(frames) - 1) / max(n - 1, 1)) for i in range(n)}) if n > 1 else [len(frames) // 2]
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["file,frame"]
+    for i in picks:
+        im = frames[i].image.convert("RGB")
+        w, h = im.size
+        cw, ch = int(w * rng.uniform(0.8, 0.95)), int(h * rng.uniform(0.8, 0.95))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        im = ImageEnhance.Brightness(im.crop((x, y, x + cw, y + ch))).enhance(rng.uniform(0.8, 1.2))
+        name = f"frame_{frames[i].frame:06d}.jpg"
+        with atomic_path(folder / name) as tmp:
+            im.save(tmp, format="JPEG", quality=75)
+        lines.append(f"{name},{frames[i].frame}")
+    write_text(folder / TRUTH_FILE, "\n".join(lines) + "\n")
+    print(f"zoo: made {len(picks)} example(s) from frames of {Path(video).name} in {folder} (truth in {TRUTH_FILE})",
+          file=sys.stderr)
+    return folder
+
+
 def score(top_frames: np.ndarray, top_times: np.ndarray, truth_frames: np.ndarray, truth_times: np.ndarray,
           window: int) -> dict[str, np.ndarray]:
     """Per-example scores from ranked result frames.
@@ -138,7 +174,7 @@ def evaluate_video(arch, frames: list[Record], examples: list[tuple[Record, int]
 def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], window: int = 5, k: int = 10,
                         out: str = "benchmark-results", overwrite: bool = False, samples: int = 3,
                         use_wandb: bool = False, wandb_project: str = "zoo", trainer: Optional[L.Trainer] = None,
-                        batch_size: int = 32, num_workers: int = 2) -> list[dict]:
+                        batch_size: int = 32, num_workers: int = 2, make: int = 0, seed: int = 0) -> list[dict]:
     from zoo.benchmark import format_table, markdown_table, safe_name
     from zoo.video import video_records
 
@@ -149,6 +185,10 @@ def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], windo
         raise ZooError(f"--window {window}: must be 0 or more")
     if not Path(video).is_file():
         raise ZooError(f"no such video: {video}")
+    if make:
+        if query is None:
+            raise ZooError("--make_examples N needs --query FOLDER to write the examples to")
+        make_examples(video, query, make, seed=seed, overwrite=overwrite)
     examples = read_truth(query)
     frames = video_records(video, every=1)
     last = frames[-1].frame
