@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.analysis import QueryDiagnostics, bootstrap_ci, query_diagnostics, twin_report, worst_queries
+from zoo.analysis import (QueryDiagnostics, bootstrap_ci, query_diagnostics, twin_note, twin_report, twin_warning,
+                          worst_queries)
 from zoo.metrics import retrieval_metrics
 from conftest import TINY
 
@@ -42,6 +43,14 @@ def test_constructed_embeddings_metrics_ci_twins_and_worst():
     assert twins["twin_groups"] == 1 and twins["twin_images"] == 2 and twins["twin_queries"] == 2
     assert twins["hit@1_no_twin"] == 0.5 and twins["map_no_twin"] == pytest.approx(2 / 3)  # q2 and q3 only
     assert twin_report(VECTORS.numpy(), diag, hit1, ap, threshold=0.99)["twin_queries"] == 0
+    row = {"queries": 4, "protocol": "leave-one-out", "hit@1": 0.75, "map": 0.8333, **twins}
+    assert "1 group(s) of near-identical images (cosine >= 0.9)" in twin_warning("m", row)
+    assert "hit@1 0.750 overall, 0.500 on queries without a twin" in twin_warning("m", row) and twin_note("m", row) is None
+    # when most queries have such a neighbour, the threshold singles out nothing: a note, no warning
+    most = twin_report(VECTORS.numpy(), diag, hit1, ap, threshold=0.55)
+    assert most["twin_queries"] == 4 and most["nn_cosine_median"] == pytest.approx((C10 + 0.8) / 2, abs=1e-6)
+    row = {**row, **most}
+    assert twin_warning("m", row) is None and "does not single out near-identical images" in twin_note("m", row)
 
 
 def test_worst_queries_order_by_lowest_similarity_to_own_class():

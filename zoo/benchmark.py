@@ -27,7 +27,7 @@ from zoo.errors import ZooError
 from zoo.index import Hit, ZooIndex
 from zoo.io import atomic_path, write_json, write_text
 from zoo.analysis import (BOOTSTRAP_RESAMPLES, TWIN_THRESHOLD, bootstrap_ci, query_diagnostics, twin_report,
-                          twin_warning, worst_queries)
+                          twin_note, twin_warning, worst_queries)
 from zoo.metrics import KS, per_class, retrieval_metrics
 from zoo.model import ZooModel, load_model, model_config
 from zoo.resources import PeakMemory, timer
@@ -275,7 +275,8 @@ def run_benchmark(
     warnings_ = [w for w in (twin_warning(r["architecture"], r) for r in rows) if w]
     meta = {"zoo_version": zoo.__version__, "protocol": proto.name, "seed": proto.seed, "k": k,
             "description": proto.describe(), "classes": proto.classes, "bootstrap_resamples": resamples,
-            "bootstrap_seed": seed, "twin_threshold": twin_threshold, "warnings": warnings_}
+            "bootstrap_seed": seed, "twin_threshold": twin_threshold, "warnings": warnings_,
+            "notes": [n for n in (twin_note(r["architecture"], r) for r in rows) if n]}
     with atomic_path(out / "results.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -289,6 +290,8 @@ def run_benchmark(
         print("zoo: note: rows marked 'random init' ran WITHOUT pretrained weights; their numbers say nothing about the architecture's pretrained quality.")
     for w in warnings_:
         print(f"zoo: warning: {w}", file=sys.stderr)
+    for note in meta["notes"]:
+        print(f"zoo: note: {note}", file=sys.stderr)
     if use_wandb:
         from zoo.wandb_log import log_benchmark
 
@@ -313,7 +316,9 @@ def report_markdown(meta, rows, results, chart, grids, worst_grids=None) -> str:
              f"![comparison]({Path(chart).name})", ""]
     if meta.get("warnings"):
         lines += ["## Warnings", "", *[f"- {w}" for w in meta["warnings"]], ""]
-    twin = ["architecture", "twin_groups", "twin_queries", "hit@1", "hit@1_no_twin", "map", "map_no_twin"]
+    if meta.get("notes"):
+        lines += ["Notes:", "", *[f"- {n}" for n in meta["notes"]], ""]
+    twin = ["architecture", "twin_groups", "twin_queries", "nn_cosine_median", "hit@1", "hit@1_no_twin", "map", "map_no_twin"]
     lines += [f"Near-identical twins (cosine >= {meta['twin_threshold']:g}) inside the set; figures on the queries "
               "without a twin are not inflated by them:", "", markdown_table(rows, twin), "",
              "## Cost", "", markdown_table(rows, cost), ""]
