@@ -56,19 +56,39 @@ def test_protocols(shapes_dir, tmp_path):
     assert demo.classes == [f"digit_{d}" for d in range(10)] and len(demo.queries) == 300
 
 
-def test_wandb_offline_run_is_logged_and_readable(shapes_dir, tmp_path, zoo_cli, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
+def test_wandb_offline_group_one_run_per_architecture_and_a_comparison_run(shapes_dir, tmp_path, zoo_cli, monkeypatch):
+    from wandb_offline import read_run
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # offline by default
     out = tmp_path / "wb"
-    code, _, err = zoo_cli("benchmark", "--images", shapes_dir, "--out", out, "--wandb", "--samples", "1", *TINY)
+    code, _, err = zoo_cli("benchmark", "--images", shapes_dir, "--backbone", "test_resnet", "timm/resnet18",
+                           "--out", out, "--wandb", "--samples", "1", *TINY)
     assert code == 0, err
-    runs = list((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    row = json.load(open(out / "results.json"))["results"][0]
-    tables = list((runs[0] / "files" / "media" / "table").glob("benchmark_*.table.json"))
-    assert len(tables) == 1 and (runs[0] / f"run-{runs[0].name.rsplit('-', 1)[1]}.wandb").stat().st_size > 0
-    table = json.load(open(tables[0]))
-    logged = dict(zip(table["columns"], table["data"][0]))
-    assert logged["architecture"] == "resnet50+frozen" and logged["weights"] == "random init (seed 0)"
-    for key in ("hit@1", "hit@10", "p@10", "map", "img_per_s"):
-        assert logged[key] == pytest.approx(row[key]), key
-    assert list((runs[0] / "files" / "media" / "images").glob("comparison_*.png"))
+    runs = [read_run(d) for d in sorted((out / "wandb").glob("offline-run-*"))]
+    assert len(runs) == 3
+    archs = {r["name"]: r for r in runs if r["job_type"] == "architecture"}
+    comparison = [r for r in runs if r["job_type"] == "comparison"]
+    assert set(archs) == {"test_resnet+frozen", "timm/resnet18+frozen"} and len(comparison) == 1
+    assert len({r["group"] for r in runs}) == 1 and runs[0]["group"].startswith("benchmark-")
+    rows = {r["architecture"]: r for r in json.load(open(out / "results.json"))["results"]}
+    for name, run in archs.items():
+        row, cfg, summary = rows[name], run["config"], run["summary"]
+        assert cfg["backbone"] == name.split("+")[0] and cfg["head"] == "frozen" and cfg["pretrained"] is False
+        assert cfg["weights_id"] == "random init (seed 0)" and cfg["input_size"] == [3, 64, 64]
+        assert cfg["dim"] == row["dim"] and cfg["params_m"] == row["params_m"] and cfg["checkpoint"] is None
+        for key in ("hit@1", "hit@10", "p@10", "map", "map@r", "img_per_s", "search_ms_median", "peak_rss_mb",
+                    "hit@1_ci_low", "map_ci_high", "hit@1_no_twin", "twin_groups"):
+            if row[key] != row[key]:  # NaN (e.g. no query without a twin) is logged as null
+                assert summary[key] is None, (name, key)
+            else:
+                assert summary[key] == pytest.approx(row[key]), (name, key)
+        assert not any("/" in k or "." in k for k in summary if not k.startswith("_"))  # flat keys
+    comp = comparison[0]
+    logged = {k.split("/")[0] for h in comp["history"] for k in h}  # a media value nests its fields
+    for key in ("comparison_table", "comparison_chart", "per_class", "class_confusion", "grid_timm_resnet18+frozen",
+                "worst_test_resnet+frozen"):
+        assert key in logged, key
+    assert comp["summary"]["timm_resnet18+frozen__hit@1"] == pytest.approx(rows["timm/resnet18+frozen"]["hit@1"])
+    results_artifact = [a for a in comp["artifacts"] if a["type"] == "benchmark"]  # tables are artifacts too
+    assert len(results_artifact) == 1 and {"results.json", "report.md"} <= set(results_artifact[0]["files"])

@@ -8,7 +8,7 @@ import zoo.backbones  # noqa: E402,F401  (registers the built-in backbones)
 import zoo.heads  # noqa: E402,F401  (registers the built-in heads)
 from zoo.model import ZooModel, load_model  # noqa: E402
 from zoo.index import ZooIndex, build_index, load_index  # noqa: E402
-from zoo.embed import embed  # noqa: E402
+from zoo import embed  # noqa: E402  (the module, callable: zoo.embed("photos/") -> array; zoo.embed.embed: records)
 
 __all__ = [
     "ZooError", "BACKBONES", "HEADS", "register_backbone", "register_head",

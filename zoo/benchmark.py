@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import random
 import sys
 import time
@@ -27,11 +26,13 @@ from zoo.embed import embed
 from zoo.errors import ZooError
 from zoo.index import Hit, ZooIndex
 from zoo.io import atomic_path, write_json, write_text
+from zoo.analysis import (BOOTSTRAP_RESAMPLES, TWIN_THRESHOLD, bootstrap_ci, query_diagnostics, twin_report,
+                          twin_note, twin_warning, worst_queries)
 from zoo.metrics import KS, per_class, retrieval_metrics
 from zoo.model import ZooModel, load_model, model_config
 from zoo.resources import PeakMemory, timer
 
-TABLE_COLUMNS = ["architecture", "weights", "hit@1", "hit@5", "hit@10", "p@10", "map", "r_precision", "map@r", "img_per_s"]
+TABLE_COLUMNS = ["architecture", "weights", "hit@1", "hit@1 95% CI", "hit@10", "p@10", "map", "map 95% CI", "map@r", "img_per_s"]
 
 
 @dataclass
@@ -114,7 +115,8 @@ def _labelled(records: list[Record], where) -> list[Record]:
 
 
 def evaluate(arch: Architecture, proto: Protocol, trainer: Optional[L.Trainer], k: int, samples: int,
-             batch_size: int, num_workers: int, seed: int) -> dict[str, Any]:
+             batch_size: int, num_workers: int, seed: int, twin_threshold: float = TWIN_THRESHOLD,
+             resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
     """Embed, index, search and score one architecture; returns its row and details."""
     model = arch.model
     with timer() as t_build:
@@ -136,6 +138,10 @@ def evaluate(arch: Architecture, proto: Protocol, trainer: Optional[L.Trainer], 
         g_vec = vec[[ok[r.path] for r in g_rec]]
         g_lab = torch.tensor([cls[r.label] for r in g_rec])
     res = retrieval_metrics(q_vec, q_lab, g_vec, g_lab, ks=KS, confusion_k=k, num_classes=len(proto.classes))
+    hit1, ap = res["per_query"]["hit@1"].numpy(), res["per_query"]["ap"].numpy()  # (Q,), NaN: no relevant item
+    diag = query_diagnostics(q_vec, q_lab, g_vec, g_lab)
+    twins = twin_report(vec.numpy(), diag, hit1, ap, twin_threshold)
+    ci = {m: bootstrap_ci(v, resamples, seed) for m, v in (("hit@1", hit1), ("map", ap))}
 
     # index build and per-query search latency, as a user would run them
     index = ZooIndex.create(model)
@@ -148,13 +154,16 @@ def evaluate(arch: Architecture, proto: Protocol, trainer: Optional[L.Trainer], 
         index.search_vectors(q_vec[i : i + 1].numpy(), k + extra)
         lat.append((time.perf_counter() - t0) * 1000)
 
-    rng = random.Random(seed)
-    grid_rows = []
-    for i in sorted(rng.sample(range(len(q_rec)), min(samples, len(q_rec)))):
+    def grid_row(i: int) -> tuple:
         sims, ids = index.search_vectors(q_vec[i : i + 1].numpy(), k + extra)
         hits = [h for h in index.hits(sims[0], ids[0]) if not (extra and h.path == q_rec[i].path)][:k]
         hits = [Hit(rank=j + 1, similarity=h.similarity, path=h.path, label=h.label) for j, h in enumerate(hits)]
-        grid_rows.append((q_rec[i].path, q_rec[i].label, hits))
+        return (q_rec[i].path, q_rec[i].label, hits)
+
+    rng = random.Random(seed)
+    grid_rows = [grid_row(i) for i in sorted(rng.sample(range(len(q_rec)), min(samples, len(q_rec))))]
+    worst = worst_queries(diag, samples)
+    worst_rows = [grid_row(i) for i in worst]
 
     device = str(model.device) if trainer is None else str(trainer.strategy.root_device)
     row = {
@@ -168,6 +177,9 @@ def evaluate(arch: Architecture, proto: Protocol, trainer: Optional[L.Trainer], 
         "queries_without_relevant": res["queries_without_relevant"],
         "gallery": len(g_rec) - (1 if proto.gallery is None else 0),
         **{k_: round(v, 4) for k_, v in res["summary"].items()},
+        **{f"{m}_ci_{end}": round(v, 4) for m, (lo, hi) in ci.items() for end, v in (("low", lo), ("high", hi))},
+        "bootstrap_resamples": resamples,
+        **{k_: round(v, 4) if isinstance(v, float) else v for k_, v in twins.items()},
         "img_per_s": round(len(emb.records) / t_embed["s"], 1),
         "embed_s": round(t_embed["s"], 2),
         "build_model_s": round(t_build["s"], 2),
@@ -187,8 +199,23 @@ def evaluate(arch: Architecture, proto: Protocol, trainer: Optional[L.Trainer], 
         "per_class": {names[c]: v for c, v in per_class(res["per_query"], q_lab, len(names)).items()},
         "confusion": {"k": k, "classes": names, "matrix": [[round(x, 4) for x in r] for r in res["confusion"].tolist()]},
         "skipped": emb.skipped,
+        "worst_queries": [{"query": q_rec[i].path, "label": q_rec[i].label,
+                           "first_match": r[2][0].path if r[2] else None,
+                           "first_match_label": r[2][0].label if r[2] else None,
+                           "first_similarity": round(float(diag.top1_similarity[i]), 4),
+                           "best_own_class_similarity": round(float(diag.best_relevant_similarity[i]), 4)}
+                          for i, r in zip(worst, worst_rows)],
     }
-    return {"row": row, "details": details, "grid_rows": grid_rows}
+    return {"row": row, "details": details, "grid_rows": grid_rows, "worst_rows": worst_rows}
+
+
+def display_row(row: dict) -> dict:
+    """A result row with its confidence intervals as printable cells."""
+    out = dict(row)
+    for m in ("hit@1", "map"):
+        if f"{m}_ci_low" in row:
+            out[f"{m} 95% CI"] = f"[{row[f'{m}_ci_low']:.3f}, {row[f'{m}_ci_high']:.3f}]"
+    return out
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str] = TABLE_COLUMNS) -> str:
@@ -212,7 +239,8 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 def run_benchmark(
     archs: list[Architecture], images=None, query=None, gallery=None, protocol="auto", query_fraction=0.2,
     seed=0, k=10, out="benchmark-results", overwrite=False, samples=3, use_wandb=False, wandb_project="zoo",
-    trainer: Optional[L.Trainer] = None, batch_size=32, num_workers=2,
+    trainer: Optional[L.Trainer] = None, batch_size=32, num_workers=2, twin_threshold: float = TWIN_THRESHOLD,
+    resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> list[dict]:
     out = Path(out)
     if (out / "results.json").exists() and not overwrite:
@@ -222,7 +250,7 @@ def run_benchmark(
     results = []
     for arch in archs:
         print(f"zoo: benchmarking {arch.name}", file=sys.stderr)
-        results.append(evaluate(arch, proto, trainer, k, samples, batch_size, num_workers, seed))
+        results.append(evaluate(arch, proto, trainer, k, samples, batch_size, num_workers, seed, twin_threshold, resamples))
     rows = [r["row"] for r in results]
     out.mkdir(parents=True, exist_ok=True)
 
@@ -230,37 +258,69 @@ def run_benchmark(
 
     chart = bar_chart([r["architecture"] for r in rows],
                       {m: [r[m] for r in rows] for m in ("hit@1", "hit@10", "map")},
-                      out / "comparison.png", f"retrieval, {proto.describe()}")
-    grids = {}
+                      out / "comparison.png", f"retrieval, {proto.describe()}",
+                      errors={"hit@1": [(r["hit@1_ci_low"], r["hit@1_ci_high"]) for r in rows],
+                              "map": [(r["map_ci_low"], r["map_ci_high"]) for r in rows]})
+    grids, worst_grids = {}, {}
     for arch, res in zip(archs, results):
+        safe = safe_name(arch.name)
         if res["grid_rows"]:
-            safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in arch.name)
             grids[arch.name] = topk_grid(res["grid_rows"], out / f"grid_{safe}.png",
-                                         title=f"{arch.name} — {res['row']['weights']}")
+                                         title=f"{arch.name} — {res['row']['weights']} (random sample of queries)")
+        if res["worst_rows"]:
+            worst_grids[arch.name] = topk_grid(
+                res["worst_rows"], out / f"worst_{safe}.png",
+                title=f"{arch.name} — worst queries: wrong first match, lowest similarity to their own class")
 
+    warnings_ = [w for w in (twin_warning(r["architecture"], r) for r in rows) if w]
     meta = {"zoo_version": zoo.__version__, "protocol": proto.name, "seed": proto.seed, "k": k,
-            "description": proto.describe(), "classes": proto.classes}
+            "description": proto.describe(), "classes": proto.classes, "bootstrap_resamples": resamples,
+            "bootstrap_seed": seed, "twin_threshold": twin_threshold, "warnings": warnings_,
+            "notes": [n for n in (twin_note(r["architecture"], r) for r in rows) if n]}
     with atomic_path(out / "results.csv") as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
     write_json(out / "results.json", {"meta": meta, "results": [{**r["row"], **r["details"]} for r in results]})
-    write_text(out / "report.md", report_markdown(meta, rows, results, chart, grids))
-    print(format_table(rows))
+    write_text(out / "report.md", report_markdown(meta, rows, results, chart, grids, worst_grids))
+    print(format_table([display_row(r) for r in rows]))
     print(f"\nzoo: {proto.describe()}; results in {out}/ (results.csv, results.json, report.md, comparison.png, grids)")
     if any("random init" in r["weights"] for r in rows):
         print("zoo: note: rows marked 'random init' ran WITHOUT pretrained weights; their numbers say nothing about the architecture's pretrained quality.")
+    for w in warnings_:
+        print(f"zoo: warning: {w}", file=sys.stderr)
+    for note in meta["notes"]:
+        print(f"zoo: note: {note}", file=sys.stderr)
     if use_wandb:
-        log_to_wandb(meta, rows, chart, grids, archs, out, wandb_project)
+        from zoo.wandb_log import log_benchmark
+
+        log_benchmark(meta, rows, results, archs, out, wandb_project, chart=chart,
+                      images={**{f"grid {n}": p for n, p in grids.items()},
+                              **{f"worst {n}": p for n, p in worst_grids.items()}})
     return rows
 
 
-def report_markdown(meta, rows, results, chart, grids) -> str:
-    cols = ["architecture", "weights", "hit@1", "hit@5", "hit@10", "p@10", "map", "r_precision", "map@r"]
+def safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in name)
+
+
+def report_markdown(meta, rows, results, chart, grids, worst_grids=None) -> str:
+    worst_grids = worst_grids or {}
+    cols = ["architecture", "weights", "hit@1", "hit@1 95% CI", "hit@5", "hit@10", "p@10", "map", "map 95% CI",
+            "r_precision", "map@r"]
     cost = ["architecture", "img_per_s", "index_build_ms", "search_ms_median", "search_ms_p95", "dim", "params_m", "peak_rss_mb", "device", "threads"]
     lines = [f"# zoo benchmark", "", f"Protocol: {meta['description']}. zoo {meta['zoo_version']}.", "",
-             "## Retrieval quality", "", markdown_table(rows, cols), "", f"![comparison]({Path(chart).name})", "",
+             "## Retrieval quality", "", markdown_table([display_row(r) for r in rows], cols), "",
+             f"95% CI: percentile bootstrap over queries ({meta['bootstrap_resamples']} resamples, seed {meta['bootstrap_seed']}).", "",
+             f"![comparison]({Path(chart).name})", ""]
+    if meta.get("warnings"):
+        lines += ["## Warnings", "", *[f"- {w}" for w in meta["warnings"]], ""]
+    if meta.get("notes"):
+        lines += ["Notes:", "", *[f"- {n}" for n in meta["notes"]], ""]
+    twin = ["architecture", "twin_groups", "twin_queries", "nn_cosine_median", "hit@1", "hit@1_no_twin", "map", "map_no_twin"]
+    lines += [f"Near-identical twins (cosine >= {meta['twin_threshold']:g}) inside the set; figures on the queries "
+              "without a twin are not inflated by them:", "", markdown_table(rows, twin), "",
              "## Cost", "", markdown_table(rows, cost), ""]
     for r in results:
         name = r["row"]["architecture"]
@@ -273,23 +333,8 @@ def report_markdown(meta, rows, results, chart, grids) -> str:
                   markdown_table([{"class": c, **dict(zip(conf["classes"], row))} for c, row in zip(conf["classes"], conf["matrix"])],
                                  ["class", *conf["classes"]]), ""]
         if name in grids:
-            lines += [f"![{name}]({Path(grids[name]).name})", ""]
+            lines += [f"Random sample of queries:", "", f"![{name}]({Path(grids[name]).name})", ""]
+        if name in worst_grids:
+            lines += [f"Worst queries (wrong first match, lowest similarity to their own class):", "",
+                      f"![{name} worst]({Path(worst_grids[name]).name})", ""]
     return "\n".join(lines)
-
-
-def log_to_wandb(meta, rows, chart, grids, archs, out: Path, project: str) -> None:
-    import wandb
-
-    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    run = wandb.init(project=project, dir=str(out), mode=mode, job_type="benchmark",
-                     config={**meta, "architectures": [model_config(a.model.hparams) | {"name": a.name} for a in archs]})
-    columns = list(rows[0])
-    table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
-    run.log({"benchmark": table, "comparison": wandb.Image(str(chart)),
-             **{f"grid/{n}": wandb.Image(str(p)) for n, p in grids.items()}})
-    for r in rows:
-        for m in ("hit@1", "hit@5", "hit@10", "p@10", "map", "r_precision", "map@r", "img_per_s"):
-            run.summary[f"{r['architecture']}/{m}"] = r[m]
-    run.finish()
-    where = "synced" if mode == "online" else f"offline in {out}/wandb (upload later with `wandb sync {out}/wandb/offline-run-*`)"
-    print(f"zoo: W&B run {where}", file=sys.stderr)

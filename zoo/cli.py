@@ -237,6 +237,10 @@ class ZooTrainer(L.Trainer):
         samples: int = 3,
         wandb: bool = False,
         wandb_project: str = "zoo",
+        video: Optional[str] = None,
+        window: int = 5,
+        make_examples: int = 0,
+        twin_threshold: float = 0.9,
         batch_size: int = 32,
         num_workers: int = 2,
         datamodule: Any = None,
@@ -249,47 +253,80 @@ class ZooTrainer(L.Trainer):
             checkpoint: trained zoo checkpoints to compare as well.
             architectures: a list of --model.* settings, one per architecture (from a config file).
             images: a labelled folder (class = parent folder); default: the built-in digits demo set.
-            query: a folder of queries, searched against --gallery (protocol query-gallery).
+            query: a folder of queries, searched against --gallery (protocol query-gallery), or the
+                example images searched in --video (with truth.csv: file,frame).
             gallery: the folder searched by --query.
             protocol: auto, loo (leave-one-out), split (seeded stratified query/gallery split), query-gallery.
             query_fraction: share of each class used as queries with protocol split.
             k: depth of the top-k confusion and of the sample grids.
             out: output folder (results.csv, results.json, report.md, PNG charts and grids).
-            samples: sample queries per architecture shown in the top-k grids.
-            wandb: also log the run to Weights & Biases (offline unless W&B is set up).
+            samples: sample queries (and worst queries) per architecture shown in the top-k grids.
+            wandb: also log to Weights & Biases: one run per architecture in a group, plus a
+                comparison run (offline under --out unless W&B is set up).
+            video: video protocol: search every frame of this video with the --query examples.
+            window: video protocol: a result within +-window frames of the true frame counts.
+            make_examples: video protocol: first write N examples (evenly spaced frames, cropped,
+                brightness changed, JPEG) and their truth.csv into --query.
+            twin_threshold: cosine at which two images of the set count as near-identical twins.
         """
         from zoo.benchmark import Architecture, run_benchmark
 
         archs = Architecture.from_cli(model, backbone, head, checkpoint, architectures)
+        if video is not None:
+            from zoo.video_benchmark import run_video_benchmark
+
+            if images is not None or gallery is not None:
+                raise ZooError("--video takes --query EXAMPLES (with truth.csv), not --images or --gallery")
+            run_video_benchmark(
+                archs, video=video, query=query, window=window, k=k, out=out, overwrite=overwrite, samples=samples,
+                use_wandb=wandb, wandb_project=wandb_project, trainer=self, batch_size=batch_size,
+                num_workers=num_workers, make=make_examples, seed=seed,
+            )
+            return
         run_benchmark(
             archs, images=images, query=query, gallery=gallery, protocol=protocol, query_fraction=query_fraction,
             seed=seed, k=k, out=out, overwrite=overwrite, samples=samples, use_wandb=wandb,
             wandb_project=wandb_project, trainer=self, batch_size=batch_size, num_workers=num_workers,
+            twin_threshold=twin_threshold,
         )
 
+    def export(
+        self,
+        model: ZooModel,
+        checkpoint: Optional[str] = None,
+        format: str = "onnx",
+        out: Optional[str] = None,
+        overwrite: bool = False,
+        backbone: Optional[str] = None,
+        opset: int = 17,
+        datamodule: Any = None,
+    ) -> None:
+        """Export the embedding model (preprocessed batch -> L2-normalised embedding) to ONNX or TorchScript.
+
+        Args:
+            checkpoint: a trained zoo checkpoint (default: the --model.* config).
+            format: onnx or torchscript.
+            out: the model file to write (default: the checkpoint's or architecture's name + .onnx/.pt);
+                its preprocessing and identity go to OUT.json.
+            overwrite: replace existing files.
+            backbone: shortcut for --model.backbone.
+            opset: ONNX opset version.
+        """
+        from zoo.export import export_model
+
+        export_model(resolve_model(model, backbone, checkpoint), format=format, out=out, overwrite=overwrite,
+                     opset=opset)
+
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False, datamodule: Any = None) -> None:
-        """List registered backbones and heads (wildcards allowed, e.g. 'res*').
+        """List registered backbones and heads (wildcards allowed, e.g. 'res*') and which weights are offline.
 
         Args:
             pattern: shell-style wildcard on names.
             timm: also list matching timm model names (any of them works as --model.backbone).
         """
-        from zoo.registry import BACKBONES, HEADS
+        from zoo.listing import list_registered
 
-        print("backbones:")
-        for name in BACKBONES.list(pattern):
-            doc = (BACKBONES.get(name).__doc__ or "").strip().splitlines()
-            print(f"  {name:24s} {doc[0] if doc else ''}")
-        print("heads:")
-        for name in HEADS.list(pattern):
-            print(f"  {name}")
-        if timm:
-            import timm as _timm
-
-            names = _timm.list_models(pattern)
-            print(f"timm models ({len(names)}):")
-            for name in names:
-                print(f"  timm/{name}")
+        list_registered(pattern, timm, weights=model.hparams.weights if model is not None else None)
 
 
 ZooTrainer.list = ZooTrainer.list_registered  # `zoo list`
@@ -313,7 +350,7 @@ class ZooCLI(LightningCLI):
         return {
             **LightningCLI.subcommands(),
             "index": extra, "search": extra, "compare": extra, "duplicates": extra,
-            "benchmark": extra, "list": extra,
+            "benchmark": extra, "list": extra, "export": extra,
         }
 
     def before_instantiate_classes(self) -> None:
@@ -327,11 +364,23 @@ class ZooCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
+        from zoo.wandb_log import finish_fit_logger
+
+        finish_fit_logger(self.trainer)
         for cb in self.trainer.checkpoint_callbacks:
             if cb.monitor and cb.best_model_path:
                 print(f"zoo: best checkpoint ({cb.monitor} = {float(cb.best_model_score):.4f}): {cb.best_model_path}")
             elif not cb.monitor and (cb.last_model_path or cb.best_model_path):  # saved every epoch
                 print(f"zoo: last checkpoint (resume with --ckpt_path): {cb.last_model_path or cb.best_model_path}")
+
+    def before_fit(self) -> None:
+        """A WandbLogger (`zoo fit --wandb`) runs offline by default, is named after the
+        architecture and records the trainer and data settings."""
+        from zoo.wandb_log import prepare_fit_logger
+
+        cfg = self.config.get("fit", self.config)
+        settings = {key: cfg[key].as_dict() for key in ("trainer", "data") if cfg.get(key) is not None}
+        prepare_fit_logger(self.trainer, self.model, _json.loads(_json.dumps(settings, default=str)))
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({
@@ -358,6 +407,31 @@ LIST_OPTIONS = {
 
 # switches that may stand alone: `--overwrite` means `--overwrite true`
 SWITCHES = {"--json", "--overwrite", "--update", "--plots", "--exact_only", "--wandb"}
+
+
+def expand_fit_wandb(argv: list[str]) -> list[str]:
+    """`zoo fit --wandb [--wandb_project P]`: Lightning's WandbLogger, logging the best checkpoint."""
+    if not argv or argv[0] != "fit" or "--wandb" not in argv:
+        return argv
+    from zoo.wandb_log import wandb_logger_args
+
+    rest, i = [], 1
+    while i < len(argv):  # `--wandb true|false` (normalised from a bare `--wandb`)
+        if argv[i] == "--wandb":
+            value = argv[i + 1] if i + 1 < len(argv) else "true"
+            i += 2
+            if value.lower() in ("false", "0", "no"):
+                return ["fit", *rest, *argv[i:]]
+            continue
+        rest.append(argv[i])
+        i += 1
+    project = "zoo"
+    if "--wandb_project" in rest:
+        i = rest.index("--wandb_project")
+        project = rest[i + 1]
+        del rest[i : i + 2]
+    save_dir = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--trainer.default_root_dir"), "runs")
+    return ["fit", *wandb_logger_args(save_dir, project), *rest]
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
@@ -403,7 +477,11 @@ def quiet_lightning() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    argv = expand_fit_wandb(normalise_argv(list(sys.argv[1:] if argv is None else argv)))
+    from zoo.help import FULL_HELP, ZooArgumentParser
+
+    FULL_HELP["on"] = "--help_all" in argv
+    argv = ["--help" if a == "--help_all" else a for a in argv]
     quiet_lightning()
     saved_argv, sys.argv = sys.argv, [saved_argv_name(), *argv]
     interrupted = []
@@ -418,6 +496,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             ZooModel,
             ZooDataModule,
             trainer_class=ZooTrainer,
+            parser_class=ZooArgumentParser,
             save_config_callback=FitConfigSaver,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,

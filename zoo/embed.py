@@ -121,3 +121,16 @@ def report_skipped(skipped: list[tuple[str, str]]) -> None:
 def require_some(emb: Embeddings, what: str) -> None:
     if len(emb.records) == 0:
         raise ZooError(f"no usable images in {what}")
+
+
+class _CallableModule(sys.modules[__name__].__class__):
+    """``zoo.embed(images, ...)`` embeds image files (zoo.api.embed_images); the module keeps
+    ``zoo.embed.embed(model, records)`` and the rest of its names."""
+
+    def __call__(self, images, model=None, **kwargs):
+        from zoo.api import embed_images
+
+        return embed_images(images, model, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

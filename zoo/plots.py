@@ -66,13 +66,18 @@ def topk_grid(rows: Sequence[tuple], out: str | Path, title: Optional[str] = Non
     return _save(fig, out)
 
 
-def bar_chart(names: Sequence[str], series: dict[str, Sequence[float]], out: str | Path, title: str) -> Path:
-    """Grouped bars: one group per architecture, one bar per metric."""
+def bar_chart(names: Sequence[str], series: dict[str, Sequence[float]], out: str | Path, title: str,
+              errors: Optional[dict[str, Sequence[tuple[float, float]]]] = None) -> Path:
+    """Grouped bars: one group per architecture, one bar per metric; ``errors`` gives a
+    (low, high) interval per bar of some metrics (drawn as error bars)."""
     x = np.arange(len(names))
     width = 0.8 / max(1, len(series))
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(names)), 4))
     for i, (metric, values) in enumerate(series.items()):
-        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=metric)
+        yerr = None
+        if errors and metric in errors:  # (2, n): distances below and above the bar
+            yerr = np.abs(np.array([[v - lo, hi - v] for v, (lo, hi) in zip(values, errors[metric])]).T)
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=metric, yerr=yerr, capsize=3)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(x, names, rotation=15, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
