@@ -25,7 +25,7 @@ from zoo.data import Record, scan_folder
 from zoo.embed import embed
 from zoo.errors import ZooError
 from zoo.index import Hit, ZooIndex
-from zoo.io import atomic_path, write_json, write_text
+from zoo.io import write_rows, atomic_path, write_json, write_text
 from zoo.analysis import (BOOTSTRAP_RESAMPLES, TWIN_THRESHOLD, bootstrap_ci, query_diagnostics, twin_report,
                           twin_note, twin_warning, worst_queries)
 from zoo.metrics import KS, per_class, retrieval_metrics
@@ -277,11 +277,7 @@ def run_benchmark(
             "description": proto.describe(), "classes": proto.classes, "bootstrap_resamples": resamples,
             "bootstrap_seed": seed, "twin_threshold": twin_threshold, "warnings": warnings_,
             "notes": [n for n in (twin_note(r["architecture"], r) for r in rows) if n]}
-    with atomic_path(out / "results.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    write_rows(out / "results.csv", rows)
     write_json(out / "results.json", {"meta": meta, "results": [{**r["row"], **r["details"]} for r in results]})
     write_text(out / "report.md", report_markdown(meta, rows, results, chart, grids, worst_grids))
     print(format_table([display_row(r) for r in rows]))

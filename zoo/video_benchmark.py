@@ -25,7 +25,7 @@ from zoo.data import Record, records_from
 from zoo.embed import embed
 from zoo.errors import ZooError
 from zoo.index import Hit
-from zoo.io import atomic_path, write_json, write_text
+from zoo.io import write_rows, atomic_path, write_json, write_text
 from zoo.resources import PeakMemory, timer
 
 TRUTH_FILE = "truth.csv"
@@ -220,11 +220,7 @@ def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], windo
     columns = [c if c != "adjacent@10" else f"adjacent@{k}" for c in VIDEO_COLUMNS]
     meta = {"zoo_version": zoo.__version__, "protocol": "video", "video": str(Path(video).resolve()),
             "frames": len(frames), "fps": round(fps, 3), "window": window, "k": k, "description": description}
-    with atomic_path(out / "results.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    write_rows(out / "results.csv", rows)
     write_json(out / "results.json", {"meta": meta, "results": [{**r["row"], **r["details"]} for r in results]})
     lines = ["# zoo benchmark: video", "", f"Protocol: {description}. zoo {zoo.__version__}.", "",
              f"first_match: the first result is within +-{window} frames of the true frame; exact@1: it is the "
