@@ -7,6 +7,7 @@
     zoo duplicates --images DIR --threshold 0.95
     zoo benchmark --backbone resnet50 vgg16
     zoo list 'res*'
+    zoo serve --index my.index [--host 127.0.0.1 --port 8000]
 
 Options of the model (``--model.*``), the trainer (``--trainer.*``: accelerator, devices,
 precision, ...) and the data (``--data.*``) come from the classes' signatures.
@@ -254,6 +255,31 @@ class ZooTrainer(L.Trainer):
             wandb_project=wandb_project, trainer=self, batch_size=batch_size, num_workers=num_workers,
         )
 
+    def serve(
+        self,
+        model: ZooModel,
+        index: str = "zoo.index",
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        token: Optional[str] = None,
+        duplicates: Optional[str] = None,
+        max_upload_mb: float = 20.0,
+        datamodule: Any = None,
+    ) -> None:
+        """Serve searches over HTTP: a JSON API (docs at /docs) and a web page; the index's model loads once.
+
+        Args:
+            index: index folder made by `zoo index`.
+            host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
+            port: TCP port (0: any free port; the address is printed on stderr).
+            token: require `Authorization: Bearer TOKEN` on the API (default: env ZOO_TOKEN).
+            duplicates: a `zoo duplicates` result (DIR or DIR/groups.json) to browse.
+            max_upload_mb: largest image upload accepted, in MiB.
+        """
+        from zoo.serve import run_server
+
+        run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb)
+
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False, datamodule: Any = None) -> None:
         """List registered backbones and heads (wildcards allowed, e.g. 'res*').
 
@@ -297,7 +323,7 @@ class ZooCLI(LightningCLI):
         return {
             **LightningCLI.subcommands(),
             "index": extra, "search": extra, "compare": extra, "duplicates": extra,
-            "benchmark": extra, "list": extra,
+            "benchmark": extra, "list": extra, "serve": extra,
         }
 
     def add_arguments_to_parser(self, parser) -> None:
