@@ -264,6 +264,7 @@ class ZooTrainer(L.Trainer):
         token: Optional[str] = None,
         duplicates: Optional[str] = None,
         max_upload_mb: float = 20.0,
+        threads: int = 1,
         datamodule: Any = None,
     ) -> None:
         """Serve searches over HTTP: a JSON API (docs at /docs) and a web page; the index's model loads once.
@@ -275,10 +276,12 @@ class ZooTrainer(L.Trainer):
             token: require `Authorization: Bearer TOKEN` on the API (default: env ZOO_TOKEN).
             duplicates: a `zoo duplicates` result (DIR or DIR/groups.json) to browse.
             max_upload_mb: largest image upload accepted, in MiB.
+            threads: CPU threads of a forward pass (requests take turns on the one model).
         """
         from zoo.serve import run_server
 
-        run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb)
+        run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb,
+                   threads=threads)
 
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False, datamodule: Any = None) -> None:
         """List registered backbones and heads (wildcards allowed, e.g. 'res*').

@@ -362,7 +362,7 @@ def create_app(service: SearchService, token: Optional[str] = None):
 
 # ---- start-up --------------------------------------------------------------------------------
 def bind(host: str, port: int) -> socket.socket:
-    """A listening-ready socket on host:port, or a ZooError saying why not."""
+    """A listening socket on host:port, or a ZooError saying why not."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -376,17 +376,25 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         hint = " (port taken? pick another with --port)" if e.errno == 98 else ""
         raise ZooError(f"cannot listen on {host}:{port}: {e.strerror}{hint}") from None
+    if family in (socket.AF_INET, socket.AF_INET6):  # accepted sockets inherit it: no Nagle delay
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # between a response's head and body
+    sock.listen(2048)  # from now on connections queue until uvicorn accepts them
     return sock
 
 
 def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
-               duplicates: Optional[str] = None, max_upload_mb: float = 20.0) -> None:
+               duplicates: Optional[str] = None, max_upload_mb: float = 20.0, threads: int = 1) -> None:
     """Load the index and its model once, then answer HTTP requests until interrupted."""
     import uvicorn
 
     token = token or os.environ.get("ZOO_TOKEN") or None
     if max_upload_mb <= 0:
         raise ZooError(f"--max_upload_mb {max_upload_mb}: must be positive")
+    if threads < 1:
+        raise ZooError(f"--threads {threads}: must be 1 or more")
+    # one image per forward pass: more threads than that gain little, and on a busy CPU their
+    # synchronisation costs several times the forward itself; the other cores decode and serve
+    torch.set_num_threads(threads)
     idx = load_index(index)  # a missing index fails before anything slow
     sock = bind(host, port)  # so does a taken port
     try:
