@@ -122,5 +122,6 @@ def main() -> None:
     for python, (wall, cpu) in timings.items():
         print(f"| {python} | {wall:.2f} | {cpu:.2f} |")
 
+
 if __name__ == "__main__":
     main()

@@ -8,10 +8,13 @@ no browser download.
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
+from PIL import Image
 from playwright.sync_api import sync_playwright
 
+from zoo.io import atomic_path
 from zoo.serve import spawn_server
 
 
@@ -28,7 +31,7 @@ def main() -> None:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1440, "height": 900}, bypass_csp=True)  # wait_for_function evals
+            page = browser.new_page(viewport={"width": 1280, "height": 800}, bypass_csp=True)  # wait_for_function evals
             page.goto(url + "/#" + args.view)
             if args.view == "search":
                 page.set_input_files("#query-file", args.query)
@@ -39,12 +42,17 @@ def main() -> None:
                 page.wait_for_function("document.querySelector('#compare-score').textContent !== '–'")
             else:
                 page.wait_for_selector("#dup-groups .group")
-            page.wait_for_function("[...document.images].every((i) => i.complete)")
-            page.screenshot(path=args.out)
+            page.wait_for_function(  # the images in view (the others load lazily)
+                "[...document.images].every((i) => i.complete || i.getBoundingClientRect().top > innerHeight)")
+            png = page.screenshot()
             browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    # a 256-colour palette keeps the picture small in the repository
+    im = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    with atomic_path(args.out) as tmp:
+        im.save(tmp, format="PNG", optimize=True)
     print(f"screenshot -> {args.out}")
 
 

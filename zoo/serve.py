@@ -312,7 +312,7 @@ def create_app(service: SearchService, token: Optional[str] = None):
         start = time.perf_counter()
         image = read_upload(file, "the upload")
         results = service.search(service.embed(image), clamp_k(k))
-        return {"query": {"name": file.filename, "width": image.width, "height": image.height},
+        return {"query": {"name": file.filename, "decoded_size": [image.width, image.height]},  # big JPEGs decode reduced
                 "k": len(results), "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 1)}
 
     @app.post("/api/compare", tags=["search"], dependencies=guarded)

@@ -137,7 +137,6 @@ async function searchByFile(file) {
   form.append("file", file, file.name);
   try {
     const data = await api(`/api/search?k=${k()}`, { method: "POST", body: form });
-    $("query-meta").textContent = `${file.name} · ${data.query.width}×${data.query.height}`;
     showMessage("");
     showResults(data, `query: ${file.name}`);
   } catch (e) {
@@ -215,6 +214,10 @@ async function runCompare() {
 }
 
 // ---- duplicates --------------------------------------------------------------------------------
+function range(lo, hi) {
+  return lo.toFixed(3) === hi.toFixed(3) ? lo.toFixed(3) : `${lo.toFixed(3)}–${hi.toFixed(3)}`;
+}
+
 async function loadDuplicates() {
   const box = $("dup-groups");
   if (box.dataset.loaded) return;
@@ -236,7 +239,7 @@ async function loadDuplicates() {
       const text = document.createElement("span");
       text.textContent = g.kind === "exact"
         ? `group ${i + 1}: ${g.items.length} identical files`
-        : `group ${i + 1}: ${g.items.length} images, cosine ${g.min_similarity.toFixed(3)}–${g.max_similarity.toFixed(3)}`;
+        : `group ${i + 1}: ${g.items.length} images, cosine ${range(g.min_similarity, g.max_similarity)}`;
       head.append(kind, text);
       const grid = document.createElement("div");
       grid.className = "grid";
