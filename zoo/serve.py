@@ -410,7 +410,9 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
                   "it can search (set ZOO_TOKEN or --token)", file=sys.stderr)
         print(f"zoo: serving {Path(index)} at http://{shown_host}:{shown_port}/ (API docs at /docs"
               f"{', bearer token required' if token else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        # past 64 open connections new ones get 503 at once instead of queueing without bound
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                                limit_concurrency=64)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
