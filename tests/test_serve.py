@@ -307,3 +307,47 @@ def test_cli_errors_are_one_line(zoo_cli, indexed, tmp_path):
     assert code == 2 and len(errors) == 1, err
     assert f"cannot listen on 127.0.0.1:{port}" in errors[0] and "port taken" in errors[0]
     assert "Traceback" not in err
+
+
+def test_served_over_http_with_token_from_env(indexed):
+    """The real server process: loopback, token from ZOO_TOKEN, keep-alive answers without delay."""
+    import http.client
+
+    from zoo.serve import spawn_server
+
+    images, index = indexed
+    proc, url = spawn_server(index, env={"ZOO_TOKEN": "from-env"})
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        assert host == "127.0.0.1"
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+
+        def get(path, **headers):
+            conn.request("GET", path, headers=headers)
+            r = conn.getresponse()
+            return r.status, json.loads(r.read())
+
+        assert get("/api/health") == (200, {"status": "ok", "count": 12})
+        assert get("/api/info")[0] == 401
+        status, info = get("/api/info", Authorization="Bearer from-env")
+        assert status == 200 and info["count"] == 12
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_bound_socket_listens_without_nagle():
+    """Listening before the address is printed (no refused connections), and TCP_NODELAY, which
+    accepted sockets inherit: without it each keep-alive response waits ~40 ms for a delayed ACK."""
+    from zoo.serve import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        client = socket.create_connection(sock.getsockname()[:2], timeout=5)  # queued, not refused
+        accepted, _ = sock.accept()
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        accepted.close()
+        client.close()
+    finally:
+        sock.close()
