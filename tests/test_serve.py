@@ -351,3 +351,28 @@ def test_bound_socket_listens_without_nagle():
         client.close()
     finally:
         sock.close()
+
+
+def test_video_frames_carry_frame_and_time(tmp_path):
+    """A video index: results name the frame and its time; a frame's thumbnail is that frame."""
+    from test_compare_video import make_video
+    from zoo.cli import main
+    from zoo.video import read_frame
+
+    clip = tmp_path / "clip.mp4"
+    make_video(clip)
+    out = tmp_path / "v.index"
+    assert main(["index", "--video", str(clip), "--every", "3", "--out", str(out),
+                 "--trainer.enable_progress_bar", "false", *TINY]) == 0
+    buf = io.BytesIO()
+    read_frame(clip, 9).save(buf, format="PNG")
+    with TestClient(create_app(SearchService(load_index(out), out))) as c:
+        best = c.post("/api/search?k=2", files={"file": ("frame.png", buf.getvalue(), "image/png")}).json()["results"][0]
+        assert best["frame"] == 9 and best["time"] == pytest.approx(0.9) and best["path"] == str(clip.resolve())
+        thumb = Image.open(io.BytesIO(c.get(f"{best['thumbnail']}?size=128").content))
+    import numpy as np
+
+    def diff(a, b):
+        return float(np.abs(np.asarray(a.convert("RGB"), float) - np.asarray(b, float)).mean())
+
+    assert thumb.size == (64, 64) and diff(thumb, read_frame(clip, 9)) < 8 < diff(thumb, read_frame(clip, 0))
