@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from functools import partial
-from typing import Optional
+from typing import Callable, Optional
 
 import lightning as L
 import torch
@@ -19,7 +19,7 @@ from zoo.data import ImageDataset, Record, collate, scan_folder
 from zoo.errors import ZooError
 
 
-def augmentation(data_config: dict) -> T.Compose:
+def augmentation(data_config: dict) -> Callable:
     """The positive-making augmentations: rotation, shifts, brightness, shear, zoom, flips."""
     from torchvision import transforms as T  # training only
 
