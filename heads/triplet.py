@@ -9,8 +9,6 @@ from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import losses, miners
-from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from torch import nn
 
 from zoo.errors import ZooError
@@ -20,6 +18,8 @@ from zoo.registry import register_head
 
 def triplet_accuracy(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Share of all valid triplets in the batch with d(anchor, positive) < d(anchor, negative)."""
+    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu  # training only: slow import
+
     a, p, n = lmu.get_all_triplets_indices(labels)
     if len(a) == 0:
         return embeddings.new_tensor(float("nan"))
@@ -56,6 +56,8 @@ class TripletHead(Head):
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, embedding_dim),
         )
+        from pytorch_metric_learning import losses, miners  # training only: slow import (scipy)
+
         self.loss_fn = losses.TripletMarginLoss(margin=margin)
         if mining == "batch_hard":
             self.miner = miners.BatchHardMiner()

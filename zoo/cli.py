@@ -7,6 +7,7 @@
     zoo duplicates --images DIR --threshold 0.95
     zoo benchmark --backbone resnet50 vgg16
     zoo list 'res*'
+    zoo serve --index my.index [--host 127.0.0.1 --port 8000]
 
 Options of the model (``--model.*``), the trainer (``--trainer.*``: accelerator, devices,
 precision, ...) and the data (``--data.*``) come from the classes' signatures.
@@ -317,6 +318,34 @@ class ZooTrainer(L.Trainer):
         export_model(resolve_model(model, backbone, checkpoint), format=format, out=out, overwrite=overwrite,
                      opset=opset)
 
+    def serve(
+        self,
+        model: ZooModel,
+        index: str = "zoo.index",
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        token: Optional[str] = None,
+        duplicates: Optional[str] = None,
+        max_upload_mb: float = 20.0,
+        threads: int = 1,
+        datamodule: Any = None,
+    ) -> None:
+        """Serve searches over HTTP: a JSON API (docs at /docs) and a web page; the index's model loads once.
+
+        Args:
+            index: index folder made by `zoo index`.
+            host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
+            port: TCP port (0: any free port; the address is printed on stderr).
+            token: require `Authorization: Bearer TOKEN` on the API (default: env ZOO_TOKEN).
+            duplicates: a `zoo duplicates` result (DIR or DIR/groups.json) to browse.
+            max_upload_mb: largest image upload accepted, in MiB.
+            threads: CPU threads of a forward pass (requests take turns on the one model).
+        """
+        from zoo.serve import run_server
+
+        run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb,
+                   threads=threads)
+
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False, datamodule: Any = None) -> None:
         """List registered backbones and heads (wildcards allowed, e.g. 'res*') and which weights are offline.
 
@@ -350,7 +379,7 @@ class ZooCLI(LightningCLI):
         return {
             **LightningCLI.subcommands(),
             "index": extra, "search": extra, "compare": extra, "duplicates": extra,
-            "benchmark": extra, "list": extra, "export": extra,
+            "benchmark": extra, "list": extra, "export": extra, "serve": extra,
         }
 
     def before_instantiate_classes(self) -> None:

@@ -9,20 +9,20 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from functools import partial
-from typing import Optional
+from typing import Callable, Optional
 
 import lightning as L
 import torch
-from pytorch_metric_learning.samplers import MPerClassSampler
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
 
 from zoo.data import ImageDataset, Record, collate, scan_folder
 from zoo.errors import ZooError
 
 
-def augmentation(data_config: dict) -> T.Compose:
+def augmentation(data_config: dict) -> Callable:
     """The positive-making augmentations: rotation, shifts, brightness, shear, zoom, flips."""
+    from torchvision import transforms as T  # training only
+
     size = data_config["input_size"][1:]
     return T.Compose([
         T.Resize(size, interpolation=T.InterpolationMode.BILINEAR),
@@ -192,6 +192,8 @@ class ZooDataModule(L.LightningDataModule):
         hp = self.hparams
         common = dict(num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
         if self.labelled:
+            from pytorch_metric_learning.samplers import MPerClassSampler  # training only: slow import (scipy)
+
             sampler = MPerClassSampler(self.train_set.labels, m=hp.samples_per_class, batch_size=hp.batch_size,
                                        length_before_new_iter=len(self.train_set))
             return DataLoader(self.train_set, batch_size=hp.batch_size, sampler=sampler, collate_fn=collate, drop_last=True, **common)
