@@ -160,3 +160,12 @@ def test_cli_duplicates_exact_and_approximate(shapes_dir, tmp_path, zoo_cli):
     assert code != 0 and "zoo: error: --exact and --approximate exclude each other" in err
     code, _, err = zoo_cli("duplicates", "--images", shapes_dir, "--grouping", "chain", "--out", tmp_path / "y", *TINY)
     assert code != 0 and "zoo: error: --grouping chain" in err
+
+
+def test_cli_duplicates_from_a_lossy_index_says_so(shapes_dir, tmp_path, zoo_cli):
+    assert zoo_cli("index", "--images", shapes_dir, "--out", tmp_path / "i", "--factory", "SQ8", *TINY)[0] == 0
+    code, _, err = zoo_cli("duplicates", "--index", tmp_path / "i", "--threshold", "0.99", "--out", tmp_path / "d")
+    assert code == 0, err
+    assert "similarities from lossy index codes are approximate" in err
+    info = json.load(open(tmp_path / "d" / "groups.json"))["search"]
+    assert info["method"] == "exact" and info["similarities"].startswith("approximate")

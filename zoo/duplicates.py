@@ -1,7 +1,8 @@
-"""``zoo duplicates``: exact duplicates by hash, near duplicates by FAISS range search.
+"""``zoo duplicates``: exact duplicates by hash, near duplicates by ``zoo.pairsearch``.
 
-Memory stays linear in N: FAISS range search returns only the pairs above the threshold, in
-chunks of queries, and groups are the connected components of those pairs (union-find).
+Memory stays linear in N: the search (exact below about 20k vectors, an inverted file above)
+returns only the pairs above the threshold and each vector's nearest similarity (histogram),
+and groups are stars or connected components of those pairs.
 Nothing is deleted; ``--move-to`` quarantines all but one image per group and writes a
 manifest that ``--undo`` uses to put them back.
 """
@@ -115,8 +116,10 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     search_info = None
     if vectors is not None and len(paths) > 1:
         found = find_pairs(vectors, threshold, method=search, nprobe=nprobe)
-        search_info = {**found.summary(), "grouping": grouping, "similarities": "approximate (decoded from a lossy index)" if lossy else "exact"}
-        print(f"zoo: near duplicates by {found.recall_note}" + ("; similarities from lossy index codes are approximate" if lossy else ""), file=sys.stderr)
+        search_info = {**found.summary(), "grouping": grouping,
+                       "similarities": "approximate (decoded from lossy index codes)" if lossy else "exact"}
+        print(f"zoo: near duplicates by {found.recall_note}"
+              + ("; similarities from lossy index codes are approximate" if lossy else ""), file=sys.stderr)
         pair_rows = [(paths[a], paths[b], s) for (a, b), s in zip(found.pairs.tolist(), found.sims.tolist())]
         groups = make_groups(len(paths), found.pairs, found.sims, grouping)
         lo, hi = group_similarity_range(groups, len(paths), found.pairs, found.sims)
@@ -151,7 +154,8 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
         from zoo.plots import histogram
 
         histogram(hist, out / "nearest_similarity.png", f"nearest-neighbour cosine similarity ({model_desc})",
-                  "cosine similarity to the nearest other image", marks=[threshold])
+                  "cosine similarity to the nearest other image"
+                  + (" (among the inverted file's candidates)" if search_info["method"] == "ivf" else ""), marks=[threshold])
     if plots:
         from zoo.index import Hit
         from zoo.plots import topk_grid
