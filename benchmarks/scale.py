@@ -130,12 +130,14 @@ def main() -> None:
         del x
     ivf = sorted({g[0]: g for g in growth}.values())
     if len(ivf) >= 2:
-        (n0, c0, w0, _, _), (n1, c1, w1, a1, prm) = ivf[-2], ivf[-1]
+        (n0, c0, _, _, _), (n1, c1, w1, a1, prm) = ivf[-2], ivf[-1]
         k = np.log(c1 / c0) / np.log(n1 / n0)
         n10 = 10_000_000
-        print(f"\nCPU time grows as N^{k:.2f} from {n0} to {n1}; projected to N = {n10:,}: "
-              f"{w1 * (n10 / n1) ** k / 60:.0f} min wall on this machine, vectors {n10 * args.dim * 4 / 2**30:.0f} GiB "
-              f"+ PCA copy {n10 * (prm.get('pca_dim') or args.dim) * 4 / 2**30:.1f} GiB + working set")
+        cpu10 = c1 * (n10 / n1) ** k
+        print(f"\nCPU time grows as N^{k:.2f} from {n0:,} to {n1:,}; projected to N = {n10:,}: {cpu10 / 60:.0f} CPU min "
+              f"(about {cpu10 / 120:.0f}-{cpu10 / 60:.0f} min wall on 2 free cores), memory: the vectors "
+              f"({n10 * args.dim * 4 / 2**30:.0f} GiB) + PCA copy ({n10 * (prm.get('pca_dim') or args.dim) * 4 / 2**30:.1f} GiB)"
+              f" + a working set (here {a1 - n1 * (prm.get('pca_dim') or args.dim) * 4 / 2**20:.0f} MB beyond the PCA copy)")
 
 
 if __name__ == "__main__":

@@ -5,20 +5,22 @@ Two methods, one result type (:class:`PairSearch`):
 
 * ``exact``: all-against-all in row chunks, upper triangle only (each pair computed once), as
   one matrix product per chunk; O(N^2 d) time, O(N + pairs + chunk x N) memory.
-* ``ivf``: an inverted file over (optionally PCA-reduced) vectors. PCA (``faiss.PCAMatrix``)
-  and the coarse k-means (``faiss.Kmeans``) are trained on a sample; every vector goes to its
-  nearest list; each list is compared, as one matrix product, with the ``nprobe`` lists whose
-  centroids are nearest to its own centroid. A pair survives to the exact check when its
-  PCA-space distance is within the threshold's distance: the PCA map is an orthogonal projection,
-  which never lengthens a distance, so this bound drops no true pair. Survivors are re-checked
-  with exact cosine on the full vectors, so every reported pair and similarity is exact; only
-  pairs whose lists never meet are missed. Time O(N (nlist + nprobe N / nlist) d_pca),
-  memory O(N d_pca) beyond the vectors.
+* ``ivf``: an inverted file over (optionally PCA-reduced) vectors. The PCA (top eigenvectors
+  of a sample's covariance) and the coarse k-means (``faiss.Kmeans``) are trained on a sample;
+  every vector goes to its nearest list and, as in a FAISS IVF search, probes its ``nprobe``
+  nearest lists; the vectors probing a list are compared with its members as one matrix
+  product (small products on one BLAS thread each, spread over a thread
+  pool). A pair survives to the exact check when its PCA-space distance is within the
+  threshold's distance: the PCA map is an orthogonal projection, which never lengthens a
+  distance, so this bound drops no true pair. Survivors are re-checked with exact cosine on the
+  full vectors, so every reported pair and similarity is exact; only pairs whose lists never
+  meet are missed. Time O(N (nlist + nprobe N / nlist) d_pca), memory O(N d_pca) beyond the
+  vectors.
 
 The expected recall of ``ivf`` is calibrated on the data itself: sampled vectors get a synthetic
-copy at exactly the threshold similarity, moved along the difference of two random vectors of
-the set (so the copy stays in the data's own subspace), and the share of (vector, copy) pairs
-whose lists meet is the estimate. Pairs closer than the threshold are found more often, so the
+copy at exactly the threshold similarity, moved along its difference to another vector of its
+list (a local direction of the data), and the share of (vector, copy) pairs
+that meet is the estimate. Pairs closer than the threshold are found more often, so the
 estimate is a floor for them. ``nprobe`` defaults to the smallest value that reaches
 ``target_recall`` on that calibration.
 
@@ -196,11 +198,11 @@ def _finish(pairs: list, sims: list) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- inverted file ------------------------------------------------------------------------------
 def ivf_params(n: int, d: int) -> dict:
-    """Defaults from the size: PCA to 256 dims above that; about 2 sqrt(N) lists, at least 32
+    """Defaults from the size: PCA to 256 dims above that; about 2 sqrt(N) lists, at least 40
     vectors each. The coarse assignment costs N x nlist and the list products N x nprobe x N /
     nlist; fewer, larger lists also need a smaller nprobe for the same recall and a smaller
     k-means sample (40 per list). At 100k, 1, 2 and 4 sqrt(N) lists took 20, 12 and 23 s."""
-    nlist = int(max(1, min(round(2 * math.sqrt(n)), n // 32)))
+    nlist = int(max(1, min(round(2 * math.sqrt(n)), n // 40)))
     return {"nlist": nlist, "pca_dim": PCA_DIM if d > PCA_DIM else None}
 
 
@@ -240,45 +242,47 @@ class _Coarse:
             return x.copy()
         return x @ self.components.T - self.offset
 
-    def probes(self, p: int) -> np.ndarray:
-        """(nlist, p) the p lists nearest to each list's centroid, itself first."""
-        p = min(p, len(self.centroids))
-        lists = self.quantizer.search(self.centroids, p)[1]
-        own = np.arange(len(lists))
-        # a list is its own nearest unless two centroids coincide; make it first in any case
-        bad = lists[:, 0] != own
-        if bad.any():
-            for i in np.nonzero(bad)[0]:
-                row = [own[i]] + [j for j in lists[i] if j != own[i]]
-                lists[i] = row[:p]
-        return lists
-
 
 def calibrate(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: int, size: int = 2000,
               seed: int = 1) -> np.ndarray:
     """recall[p - 1] for p = 1..max_probe: share of synthetic pairs at the threshold similarity
-    whose lists meet when each list is compared with its p nearest lists."""
+    that meet when every vector probes its p nearest lists.
+
+    Each sampled vector v gets a copy c v + sqrt(1 - c^2) u at exactly the threshold c, with u
+    the part of (v - w) orthogonal to v, w another vector of v's list: a local direction of the
+    data, as a near copy (crop, re-encoding) moves an embedding a little, not across the set."""
     rng = np.random.default_rng(seed)
     n = len(x)
-    v = x[rng.choice(n, size=min(size, n), replace=False)]  # (S, d)
-    delta = x[rng.integers(0, n, len(v))] - x[rng.integers(0, n, len(v))]
+    ids = rng.choice(n, size=min(size, n), replace=False)
+    v = x[ids]  # (S, d)
+    yv = coarse.project(v)
+    own = coarse.quantizer.search(yv, 1)[1][:, 0]
+    # a random other vector of the same list (the list's members within the sample drawn for training)
+    sample_lists = coarse.quantizer.search(coarse.project(x[coarse.sample]), 1)[1][:, 0]
+    order = np.argsort(sample_lists, kind="stable")
+    starts = np.searchsorted(sample_lists[order], np.arange(len(coarse.centroids) + 1))
+    size_of = starts[own + 1] - starts[own]
+    pick = starts[own] + (rng.random(len(v)) * np.maximum(size_of, 1)).astype(np.int64)
+    w = x[coarse.sample[order[np.minimum(pick, len(order) - 1)]]]
+    delta = v - w
     delta -= np.einsum("ij,ij->i", delta, v)[:, None] * v  # orthogonal to v
     norm = np.linalg.norm(delta, axis=1, keepdims=True)
-    ok = norm[:, 0] > 1e-6
-    v, u = v[ok], delta[ok] / norm[ok]
+    ok = (norm[:, 0] > 1e-6) & (size_of > 0)
+    v, yv, u = v[ok], yv[ok], delta[ok] / norm[ok]
+    if len(v) == 0:
+        return np.ones(max_probe)
     t = min(float(threshold), 1.0)
     copy = (t * v + math.sqrt(max(0.0, 1 - t * t)) * u).astype(np.float32)
-    la = coarse.quantizer.search(coarse.project(v), 1)[1][:, 0]
-    lb = coarse.quantizer.search(coarse.project(copy), 1)[1][:, 0]
-    probes = coarse.probes(max_probe)  # (L, P)
-    big = probes.shape[1] + 1
+    probe_v = coarse.quantizer.search(yv, max_probe)[1]  # (S, P) nearest lists, own first
+    probe_c = coarse.quantizer.search(coarse.project(copy), max_probe)[1]
+    big = max_probe + 1
 
-    def rank(src, dst):  # position of dst in src's probe list, or big
-        hit = probes[src] == dst[:, None]
+    def rank(probes, target):  # position of target in each row of probes, or big
+        hit = probes == target[:, None]
         return np.where(hit.any(1), hit.argmax(1), big)
 
-    need = np.minimum(rank(la, lb), rank(lb, la)) + 1  # probes needed for the pair to meet
-    return np.array([(need <= p).mean() for p in range(1, probes.shape[1] + 1)]) if len(need) else np.ones(probes.shape[1])
+    need = np.minimum(rank(probe_v, probe_c[:, 0]), rank(probe_c, probe_v[:, 0])) + 1
+    return np.array([(need <= p).mean() for p in range(1, max_probe + 1)])
 
 
 def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nlist: Optional[int] = None,
@@ -299,18 +303,6 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
         coarse = _Coarse(x, nlist, pca_dim, int(train_size or min(n, 40 * nlist)), seed)
         t_train = time.perf_counter() - t0
 
-        # project and assign everything, chunk by chunk: y (N, d_pca) float32, lists (N,)
-        y = np.empty((n, coarse.dim), np.float32)
-        lists = np.empty(n, np.int64)
-
-        def assign(s: int) -> None:
-            y[s:s + chunk] = coarse.project(x[s:s + chunk])
-            lists[s:s + chunk] = coarse.quantizer.search(y[s:s + chunk], 1)[1][:, 0]
-
-        list(pool.map(assign, range(0, n, chunk)))
-        half = 0.5 * np.einsum("ij,ij->i", y, y)  # (N,) |y|^2 / 2
-        t_assign = time.perf_counter() - t0 - t_train
-
         recall = calibrate(x, coarse, threshold, min(max_probe, nlist), seed=seed + 1)
         if nprobe is None:
             reach = np.nonzero(recall >= target_recall)[0]
@@ -318,36 +310,65 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
         nprobe = int(min(max(1, nprobe), nlist))
         expected = 1.0 if nprobe >= nlist else float(recall[min(nprobe, len(recall)) - 1])
 
+        # project everything and find each vector's nprobe nearest lists, chunk by chunk:
+        # y (N, d_pca) float32, probe (N, nprobe) int32, its own list first
+        y = np.empty((n, coarse.dim), np.float32)
+        probe = np.empty((n, nprobe), np.int32)
+
+        def assign(s: int) -> None:
+            y[s:s + chunk] = coarse.project(x[s:s + chunk])
+            probe[s:s + chunk] = coarse.quantizer.search(y[s:s + chunk], nprobe)[1]
+
+        list(pool.map(assign, range(0, n, chunk)))
+        half = 0.5 * np.einsum("ij,ij->i", y, y)  # (N,) |y|^2 / 2
+        t_assign = time.perf_counter() - t0 - t_train
+
+        # members of each list, and the vectors probing each list (its members among them)
+        lists = probe[:, 0].astype(np.int64)
         order = np.argsort(lists, kind="stable")
         starts = np.searchsorted(lists[order], np.arange(nlist + 1))
         members = [order[starts[i]:starts[i + 1]] for i in range(nlist)]
-        probes = coarse.probes(nprobe)
-        # |y_i - y_j|^2 <= r  <=>  y_i.y_j - |y_j|^2/2 >= |y_i|^2/2 - r/2, r the threshold's distance
-        r = 2.0 - 2.0 * (threshold - TOL)
+        position = np.empty(n, np.int64)  # each vector's place among its list's members
+        position[order] = np.arange(n) - starts[lists[order]]
+        flat = probe.ravel()
+        by_list = np.argsort(flat, kind="stable")
+        pstarts = np.searchsorted(flat[by_list], np.arange(nlist + 1))
+        del flat
+        bound = 1.0 - (threshold - TOL)  # |y_i - y_j|^2 / 2 <= 1 - threshold: the PCA distance bound
 
         def scan(li: int):
-            """List li against its probed lists: candidate pairs, each member's nearest candidate."""
-            q = members[li]
-            if len(q) == 0:
+            """The vectors probing list li against its members: candidate pairs, and the nearest
+            candidate of each probing vector and of each member."""
+            cols = members[li]
+            if len(cols) == 0:
                 return None
-            cols = np.concatenate([members[j] for j in probes[li]])  # own members first
-            g = y[q] @ y[cols].T  # (|q|, |cols|)
-            g -= half[cols]
-            diag = np.arange(len(q))
-            g[diag, diag] = -np.inf  # self
-            rows, cs = np.nonzero(g >= (half[q] - r / 2)[:, None])
-            a, b = q[rows], cols[cs]
-            near = cols[g.argmax(1)] if len(cols) > 1 else np.full(len(q), -1, np.int64)
-            return np.minimum(a, b), np.maximum(a, b), q, near
+            qs = by_list[pstarts[li]:pstarts[li + 1]] // nprobe  # (Q,) vectors probing li
+            h = y[qs] @ y[cols].T  # (Q, |cols|) y_i . y_j
+            np.subtract(half[cols], h, out=h)
+            h += half[qs][:, None]  # |y_i - y_j|^2 / 2
+            mine = np.nonzero(lists[qs] == li)[0]
+            h[mine, position[qs[mine]]] = np.inf  # self
+            rows, cs = np.nonzero(h <= bound)
+            a, b = qs[rows], cols[cs]
+            arg = h.argmin(1)
+            near = [(qs, cols[arg], h[np.arange(len(qs)), arg])]
+            arg = h.argmin(0)
+            near.append((cols, qs[arg], h[arg, np.arange(len(cols))]))
+            return np.minimum(a, b), np.maximum(a, b), near
 
-        cand_a, cand_b, near_cand = [], [], np.full(n, -1, np.int64)
+        cand_a, cand_b = [], []
+        best, best_id = np.full(n, np.inf, np.float32), np.full(n, -1, np.int64)
         for out in pool.map(scan, range(nlist)):
-            if out is not None:
-                cand_a.append(out[0])
-                cand_b.append(out[1])
-                near_cand[out[2]] = out[3]
+            if out is None:
+                continue
+            cand_a.append(out[0])
+            cand_b.append(out[1])
+            for ids, cand, dist in out[2]:
+                better = dist < best[ids]
+                best[ids[better]] = dist[better]
+                best_id[ids[better]] = cand[better]
         n_cand = sum(len(c) for c in cand_a)
-        del y, half
+        del y, half, best, probe, by_list
         t_lists = time.perf_counter() - t0 - t_train - t_assign
 
         # exact check of the candidates, and of each vector's nearest candidate, on the full vectors
@@ -358,8 +379,8 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
         keep = sims >= threshold - TOL
         pairs, sims = np.stack([a[keep], b[keep]], 1), sims[keep]
         nearest = np.full(n, -np.inf, np.float32)
-        has = np.nonzero(near_cand >= 0)[0]
-        nearest[has] = _dot_pairs(x, has, near_cand[has], pool)
+        has = np.nonzero(best_id >= 0)[0]
+        nearest[has] = _dot_pairs(x, has, best_id[has], pool)
         np.maximum.at(nearest, pairs[:, 0], sims)
         np.maximum.at(nearest, pairs[:, 1], sims)
     seconds = time.perf_counter() - t0
