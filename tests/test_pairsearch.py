@@ -38,12 +38,12 @@ def brute(x: np.ndarray, threshold: float):
 
 
 def test_approximate_path_finds_the_exact_groups_and_reports_recall():
-    x, truth = planted(3000, 384, seed=1)  # 384 > 256: the PCA step runs
+    x, truth = planted(3000, 384, seed=1)  # 384 > 128: the PCA step runs
     exact = find_pairs(x, 0.95)
     assert exact.method == "exact" and exact.expected_recall == 1.0
     assert {tuple(p) for p in exact.pairs.tolist()} == truth == brute(x, 0.95)[0]
     approx = find_pairs(x, 0.95, exact_max_work=0)  # a low switch-over forces the inverted file
-    assert approx.method == "ivf" and approx.params["pca_dim"] == 256 and approx.params["nlist"] == 75
+    assert approx.method == "ivf" and approx.params["pca_dim"] == 128 and approx.params["nlist"] == 75
     assert 0.98 <= approx.expected_recall <= 1.0 and "calibrated" in approx.recall_note
     assert approx.params["nprobe"] < approx.params["nlist"]  # it did not just compare everything
     assert approx.params["candidates"] < 0.01 * 3000 * 2999  # the PCA bound prunes before the exact check

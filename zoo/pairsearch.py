@@ -51,7 +51,7 @@ from zoo.errors import ZooError
 # seconds on 2 cores; see benchmarks/scale.py)
 EXACT_MAX_WORK = 20_000**2 * 1280
 TARGET_RECALL = 0.98
-PCA_DIM = 256
+PCA_DIM = 128
 TOL = 1e-6  # float32 rounding: a pair at exactly the threshold counts
 METHODS = ("auto", "exact", "ivf")
 GROUPINGS = ("star", "components")
@@ -198,10 +198,12 @@ def _finish(pairs: list, sims: list) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- inverted file ------------------------------------------------------------------------------
 def ivf_params(n: int, d: int) -> dict:
-    """Defaults from the size: PCA to 256 dims above that; about 2 sqrt(N) lists, at least 40
+    """Defaults from the size: PCA to 128 dims above that (at 300k x 1280, 64, 128 and 256 dims
+    took 10.6, 11.3 and 15.2 CPU s for the same recall; the bound is lossless at any dim, fewer
+    dims only let more candidates through to the exact check); about 2 sqrt(N) lists, at least 40
     vectors each. The coarse assignment costs N x nlist and the list products N x nprobe x N /
-    nlist; fewer, larger lists also need a smaller nprobe for the same recall and a smaller
-    k-means sample (40 per list). At 100k, 1, 2 and 4 sqrt(N) lists took 20, 12 and 23 s."""
+    nlist, so about sqrt(nprobe N) lists balance them; fewer, larger lists also need a smaller
+    nprobe for the same recall and a smaller k-means sample (40 per list)."""
     nlist = int(max(1, min(round(2 * math.sqrt(n)), n // 40)))
     return {"nlist": nlist, "pca_dim": PCA_DIM if d > PCA_DIM else None}
 
@@ -290,7 +292,7 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
                max_probe: int = 64, seed: int = 0, chunk: int = 16384, threads: Optional[int] = None) -> PairSearch:
     """Pairs at or above ``threshold`` through an inverted file; see the module docstring.
 
-    ``x``: (N, d) unit rows. ``pca_dim`` -1: the default for d (256 above 256, else none); None: no PCA.
+    ``x``: (N, d) unit rows. ``pca_dim`` -1: the default for d (128 above 128, else none); None: no PCA.
     ``nprobe`` None: the smallest value whose calibrated recall reaches ``target_recall``."""
     t0 = time.perf_counter()
     n, d = x.shape
