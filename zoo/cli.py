@@ -200,7 +200,8 @@ class ZooTrainer(L.Trainer):
             exact: search near duplicates exactly whatever the size (default: exact up to about 20k
                 images, an inverted file with calibrated recall above).
             approximate: use the inverted file whatever the size.
-            nprobe: lists the inverted file compares per list (default: calibrated for 0.98 recall).
+            nprobe: nearest lists each image probes in the inverted file (default: the fewest that
+                reach 0.98 recall on a calibration; more: higher recall, slower).
             grouping: star (every member within the threshold of the group's first image, the one
                 --move-to keeps) or components (chains of near duplicates merge).
         """

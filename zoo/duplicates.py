@@ -74,7 +74,7 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
                    exact_only=False, plots=False, move_to=None, trainer=None, batch_size=32, num_workers=0,
                    search="auto", nprobe=None, grouping="star") -> dict:
     """``search``: "auto" (exact up to about 20k vectors, an inverted file above), "exact" or
-    "ivf"; ``nprobe``: lists the inverted file compares (more: higher recall, slower);
+    "ivf"; ``nprobe``: nearest lists each vector probes (more: higher recall, slower);
     ``grouping``: "star" (every member within the threshold of the group's first path) or
     "components" (connected components: chains of near duplicates)."""
     from zoo.embed import embed

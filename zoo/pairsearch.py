@@ -313,16 +313,19 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
         expected = 1.0 if nprobe >= nlist else float(recall[min(nprobe, len(recall)) - 1])
 
         # project everything and find each vector's nprobe nearest lists, chunk by chunk:
-        # y (N, d_pca) float32, probe (N, nprobe) int32, its own list first
-        y = np.empty((n, coarse.dim), np.float32)
+        # y (N, d_pca + 2) float32 rows [y, |y|^2 / 2, 1], probe (N, nprobe) int32, own list first
+        dim = coarse.dim
+        y = np.empty((n, dim + 2), np.float32)
         probe = np.empty((n, nprobe), np.int32)
 
         def assign(s: int) -> None:
-            y[s:s + chunk] = coarse.project(x[s:s + chunk])
-            probe[s:s + chunk] = coarse.quantizer.search(y[s:s + chunk], nprobe)[1]
+            part = coarse.project(x[s:s + chunk])
+            y[s:s + chunk, :dim] = part
+            y[s:s + chunk, dim] = 0.5 * np.einsum("ij,ij->i", part, part)
+            y[s:s + chunk, dim + 1] = 1.0
+            probe[s:s + chunk] = coarse.quantizer.search(part, nprobe)[1]
 
         list(pool.map(assign, range(0, n, chunk)))
-        half = 0.5 * np.einsum("ij,ij->i", y, y)  # (N,) |y|^2 / 2
         t_assign = time.perf_counter() - t0 - t_train
 
         # members of each list, and the vectors probing each list (its members among them)
@@ -340,23 +343,21 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
 
         def scan(li: int):
             """The vectors probing list li against its members: candidate pairs, and the nearest
-            candidate of each probing vector and of each member."""
+            candidate of each probing vector."""
             cols = members[li]
             if len(cols) == 0:
                 return None
             qs = by_list[pstarts[li]:pstarts[li + 1]] // nprobe  # (Q,) vectors probing li
-            h = y[qs] @ y[cols].T  # (Q, |cols|) y_i . y_j
-            np.subtract(half[cols], h, out=h)
-            h += half[qs][:, None]  # |y_i - y_j|^2 / 2
+            c = y[cols]  # rows [-y_j, 1, |y_j|^2 / 2], so that one product gives the distances
+            c[:, :dim] *= -1
+            c[:, dim:] = c[:, [dim + 1, dim]]
+            h = y[qs] @ c.T  # (Q, |cols|) |y_i - y_j|^2 / 2
             mine = np.nonzero(lists[qs] == li)[0]
             h[mine, position[qs[mine]]] = np.inf  # self
             rows, cs = np.nonzero(h <= bound)
             a, b = qs[rows], cols[cs]
             arg = h.argmin(1)
-            near = [(qs, cols[arg], h[np.arange(len(qs)), arg])]
-            arg = h.argmin(0)
-            near.append((cols, qs[arg], h[arg, np.arange(len(cols))]))
-            return np.minimum(a, b), np.maximum(a, b), near
+            return np.minimum(a, b), np.maximum(a, b), [(qs, cols[arg], h[np.arange(len(qs)), arg])]
 
         cand_a, cand_b = [], []
         best, best_id = np.full(n, np.inf, np.float32), np.full(n, -1, np.int64)
@@ -370,7 +371,7 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
                 best[ids[better]] = dist[better]
                 best_id[ids[better]] = cand[better]
         n_cand = sum(len(c) for c in cand_a)
-        del y, half, best, probe, by_list
+        del y, best, probe, by_list
         t_lists = time.perf_counter() - t0 - t_train - t_assign
 
         # exact check of the candidates, and of each vector's nearest candidate, on the full vectors
