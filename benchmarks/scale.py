@@ -134,10 +134,12 @@ def main() -> None:
         k = np.log(c1 / c0) / np.log(n1 / n0)
         n10 = 10_000_000
         cpu10 = c1 * (n10 / n1) ** k
-        print(f"\nCPU time grows as N^{k:.2f} from {n0:,} to {n1:,}; projected to N = {n10:,}: {cpu10 / 60:.0f} CPU min "
-              f"(about {cpu10 / 120:.0f}-{cpu10 / 60:.0f} min wall on 2 free cores), memory: the vectors "
-              f"({n10 * args.dim * 4 / 2**30:.0f} GiB) + PCA copy ({n10 * (prm.get('pca_dim') or args.dim) * 4 / 2**30:.1f} GiB)"
-              f" + a working set (here {a1 - n1 * (prm.get('pca_dim') or args.dim) * 4 / 2**20:.0f} MB beyond the PCA copy)")
+        print(f"\nCPU time grows as N^{k:.2f} from {n0:,} to {n1:,} (the cost model is N^1.5 with 2 sqrt(N) lists, "
+              f"plus the calibrated nprobe's growth); projected to N = {n10:,}: {cpu10 / 60:.0f} CPU min (wall at least "
+              f"half that on 2 free cores); memory: the vectors ({n10 * args.dim * 4 / 2**30:.0f} GiB, or memory-mapped: "
+              f"the search reads them in chunks and by row) + PCA copy "
+              f"({n10 * ((prm.get('pca_dim') or args.dim) + 2) * 4 / 2**30:.1f} GiB) + a working set "
+              f"(here {a1 - n1 * ((prm.get('pca_dim') or args.dim) + 2) * 4 / 2**20:.0f} MB beyond the PCA copy)")
 
 
 if __name__ == "__main__":

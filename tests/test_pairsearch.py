@@ -169,3 +169,16 @@ def test_cli_duplicates_from_a_lossy_index_says_so(shapes_dir, tmp_path, zoo_cli
     assert "similarities from lossy index codes are approximate" in err
     info = json.load(open(tmp_path / "d" / "groups.json"))["search"]
     assert info["method"] == "exact" and info["similarities"].startswith("approximate")
+
+
+def test_memory_mapped_vectors_are_searched_in_place(tmp_path):
+    from zoo.pairsearch import unit_rows
+
+    x, truth = planted(2000, 64, seed=5)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert unit_rows(mapped) is mapped  # unit float32 rows: no copy
+    found = find_pairs(mapped, 0.95, method="ivf", nprobe=8)
+    assert {tuple(p) for p in found.pairs.tolist()} == truth
+    scaled = unit_rows(x * 3)  # not unit: one normalised copy
+    np.testing.assert_allclose(np.linalg.norm(scaled, axis=1), 1, atol=1e-5)
