@@ -236,6 +236,7 @@ class _Coarse:
         km.train(ys)
         self.centroids = km.centroids  # (nlist, d_pca)
         self.quantizer = km.index  # IndexFlatL2 over the centroids
+        self.sample_lists = self.quantizer.search(ys, 1)[1][:, 0]  # (train_size,) list of each sample vector
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """(M, d) -> (M, d_pca) float32."""
@@ -260,7 +261,7 @@ def calibrate(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: int, 
     yv = coarse.project(v)
     own = coarse.quantizer.search(yv, 1)[1][:, 0]
     # a random other vector of the same list (the list's members within the sample drawn for training)
-    sample_lists = coarse.quantizer.search(coarse.project(x[coarse.sample]), 1)[1][:, 0]
+    sample_lists = coarse.sample_lists
     order = np.argsort(sample_lists, kind="stable")
     starts = np.searchsorted(sample_lists[order], np.arange(len(coarse.centroids) + 1))
     size_of = starts[own + 1] - starts[own]
