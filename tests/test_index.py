@@ -170,6 +170,12 @@ def test_ivf_knobs_persist_and_remove_by_id(tmp_path):
         ix.remove([0, 1, 2])
         sims, ids = ix.search_vectors(x[:3], 1)
         assert len(ix) == len(ix.store) == 1997 and not set(ids[:, 0].tolist()) & {0, 1, 2}
+        ix.set_search(**({"nprobe": 64} if factory.startswith("IVF") else {"ef_search": 256}))
+        sims, ids = ix.search_vectors(x[3:50], 1)  # every vector that stays still finds its own id
+        assert ids[:, 0].tolist() == list(range(3, 50)) and np.allclose(sims[:, 0], 1, atol=1e-4)
+        ix.add(x[:2], records[:2])  # new ids after the removal: 2000, 2001
+        _, ids = ix.search_vectors(x[:2], 1)
+        assert ids[:, 0].tolist() == [2000, 2001]
         assert ix.item(3)["path"] == str(tmp_path / "3.png")
         with pytest.raises(ZooError, match="no item with id 0"):
             ix.item(0)

@@ -190,6 +190,10 @@ class ZooTrainer(L.Trainer):
         plots: bool = False,
         move_to: Optional[str] = None,
         undo: Optional[str] = None,
+        exact: bool = False,
+        approximate: bool = False,
+        nprobe: Optional[int] = None,
+        grouping: str = "star",
         backbone: Optional[str] = None,
         checkpoint: Optional[str] = None,
         batch_size: int = 32,
@@ -207,16 +211,26 @@ class ZooTrainer(L.Trainer):
             plots: also save a PNG per group.
             move_to: quarantine all but one image of each group into this folder (with a manifest).
             undo: a quarantine manifest to undo (moves the files back).
+            exact: search near duplicates exactly whatever the size (default: exact up to about 20k
+                images, an inverted file with calibrated recall above).
+            approximate: use the inverted file whatever the size.
+            nprobe: nearest lists each image probes in the inverted file (default: the fewest that
+                reach 0.98 recall on a calibration; more: higher recall, slower).
+            grouping: star (every member within the threshold of the group's first image, the one
+                --move-to keeps) or components (chains of near duplicates merge).
         """
         from zoo.duplicates import run_duplicates, undo_quarantine
 
         if undo:
             undo_quarantine(undo)
             return
+        if exact and approximate:
+            raise ZooError("--exact and --approximate exclude each other")
         run_duplicates(
             resolve_model(model, backbone, checkpoint), images=images, index=index, threshold=threshold, out=out,
             overwrite=overwrite, exact_only=exact_only, plots=plots, move_to=move_to, trainer=self,
             batch_size=batch_size, num_workers=num_workers,
+            search="exact" if exact else "ivf" if approximate else "auto", nprobe=nprobe, grouping=grouping,
         )
 
     def benchmark(
@@ -435,7 +449,7 @@ LIST_OPTIONS = {
 
 
 # switches that may stand alone: `--overwrite` means `--overwrite true`
-SWITCHES = {"--json", "--overwrite", "--update", "--plots", "--exact_only", "--wandb"}
+SWITCHES = {"--json", "--overwrite", "--update", "--plots", "--exact_only", "--wandb", "--exact", "--approximate"}
 
 
 def expand_fit_wandb(argv: list[str]) -> list[str]:

@@ -1,7 +1,8 @@
-"""``zoo duplicates``: exact duplicates by hash, near duplicates by FAISS range search.
+"""``zoo duplicates``: exact duplicates by hash, near duplicates by ``zoo.pairsearch``.
 
-Memory stays linear in N: FAISS range search returns only the pairs above the threshold, in
-chunks of queries, and groups are the connected components of those pairs (union-find).
+Memory stays linear in N: the search (exact below about 20k vectors, an inverted file above)
+returns only the pairs above the threshold and each vector's nearest similarity (histogram),
+and groups are stars or connected components of those pairs.
 Nothing is deleted; ``--move-to`` quarantines all but one image per group and writes a
 manifest that ``--undo`` uses to put them back.
 """
@@ -25,6 +26,8 @@ from zoo.data import scan_folder
 from zoo.errors import ZooError
 from zoo.indexdir import check_writable_dir
 from zoo.io import atomic_path, write_json
+from zoo.pairsearch import (check_search_options, component_groups, exact_search, find_pairs, group_similarity_range,
+                            index_vectors, make_groups, unit_rows)
 
 
 # ---- exact duplicates ---------------------------------------------------------------------
@@ -52,67 +55,29 @@ def exact_groups(paths: list[str]) -> list[list[str]]:
     return sorted(groups)
 
 
-# ---- near duplicates ----------------------------------------------------------------------
+# ---- near duplicates (the search and grouping live in zoo.pairsearch) -----------------------
 def similar_pairs(vectors: np.ndarray, threshold: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i < j) with cosine similarity >= threshold; memory O(N + pairs).
+    """All pairs (i < j) with cosine similarity >= threshold, exactly; memory O(N + pairs).
 
     returns pairs (P, 2) int64 and their similarities (P,) float32.
     """
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    faiss.normalize_L2(x)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    pairs, sims = [], []
-    for start in range(0, len(x), chunk):
-        lims, D, I = index.range_search(x[start : start + chunk], threshold - 1e-6)
-        q = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
-        keep = I > q  # each pair once, no self pairs
-        pairs.append(np.stack([q[keep], I[keep]], axis=1))
-        sims.append(D[keep])
-    if not pairs:
-        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    return np.concatenate(pairs).astype(np.int64), np.concatenate(sims).astype(np.float32)
+    found = exact_search(unit_rows(vectors), threshold, chunk=chunk)
+    return found.pairs, found.sims
 
 
 def connected_components(n: int, pairs: np.ndarray) -> list[list[int]]:
-    """Groups (size >= 2) of the graph with ``n`` nodes and edges ``pairs``, via union-find."""
-    parent = np.arange(n)
-
-    def find(a: int) -> int:
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:  # path compression
-            parent[a], a = root, parent[a]
-        return root
-
-    for a, b in pairs:
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups = defaultdict(list)
-    for i in range(n):
-        groups[find(i)].append(i)
-    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
-
-
-def nearest_similarities(vectors: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Cosine similarity of each vector to its nearest other vector (for the histogram)."""
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    faiss.normalize_L2(x)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    out = []
-    for start in range(0, len(x), chunk):
-        D, I = index.search(x[start : start + chunk], 2)
-        self_first = I[:, 0] == np.arange(start, start + len(D))
-        out.append(np.where(self_first, D[:, 1], D[:, 0]))
-    return np.concatenate(out)
+    """Groups (size >= 2) of the graph with ``n`` nodes and edges ``pairs``."""
+    return [g.tolist() for g in component_groups(n, np.asarray(pairs, np.int64).reshape(-1, 2))]
 
 
 # ---- the command ------------------------------------------------------------------------
 def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicates", overwrite=False,
-                   exact_only=False, plots=False, move_to=None, trainer=None, batch_size=32, num_workers=0) -> dict:
+                   exact_only=False, plots=False, move_to=None, trainer=None, batch_size=32, num_workers=0,
+                   search="auto", nprobe=None, grouping="star") -> dict:
+    """``search``: "auto" (exact up to about 20k vectors, an inverted file above), "exact" or
+    "ivf"; ``nprobe``: nearest lists each vector probes (more: higher recall, slower);
+    ``grouping``: "star" (every member within the threshold of the group's first path) or
+    "components" (connected components: chains of near duplicates)."""
     from zoo.embed import embed
     from zoo.index import load_index
 
@@ -120,18 +85,21 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
         raise ZooError("give a folder (--images DIR) or an index (--index PATH)")
     if not 0.0 < threshold <= 1.0:
         raise ZooError(f"--threshold {threshold}: a cosine similarity in (0, 1] is expected")
+    check_search_options(search, nprobe, grouping)
     out = Path(out)
     if (out / "groups.json").exists() and not overwrite:
         raise ZooError(f"{out} already holds duplicate results; pass --overwrite or another --out")
     check_writable_dir(out, f"--out {out}")
 
     exact: list[list[str]] = []
+    lossy = False
     if index is not None:
         idx = load_index(index)
         root = idx.root
-        items = idx.items
-        paths = [it["path"] for it in items]
-        vectors = np.stack([idx.index.reconstruct(int(it["id"])) for it in items]) if items else np.zeros((0, idx.dim), np.float32)
+        vectors, lossy = index_vectors(faiss.downcast_index(idx.index.index))  # a view on Flat storage, else decoded once
+        ids = faiss.vector_to_array(idx.index.id_map)  # row i of vectors is item ids[i]
+        rows = idx.store.get(ids.tolist())
+        paths = [idx._item(rows[int(i)])["path"] for i in ids]
         model_desc = idx.describe()
     else:
         root = Path(os.path.abspath(images))
@@ -154,21 +122,25 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     near: list[dict] = []
     pair_rows = []
     hist = None
+    search_info = None
     if vectors is not None and len(paths) > 1:
-        pairs, sims = similar_pairs(vectors, threshold)
-        for (a, b), s in zip(pairs, sims):
-            pair_rows.append((paths[a], paths[b], float(s)))
-        for g in connected_components(len(paths), pairs):
-            members = set(g)
-            inside = [float(s) for (a, b), s in zip(pairs, sims) if a in members]
-            near.append({"paths": [paths[i] for i in g], "min_similarity": min(inside), "max_similarity": max(inside)})
-        hist = nearest_similarities(vectors)
+        found = find_pairs(vectors, threshold, method=search, nprobe=nprobe)
+        search_info = {**found.summary(), "grouping": grouping,
+                       "similarities": "approximate (decoded from lossy index codes)" if lossy else "exact"}
+        print(f"zoo: near duplicates by {found.recall_note}"
+              + ("; similarities from lossy index codes are approximate" if lossy else ""), file=sys.stderr)
+        pair_rows = [(paths[a], paths[b], s) for (a, b), s in zip(found.pairs.tolist(), found.sims.tolist())]
+        groups = make_groups(len(paths), found.pairs, found.sims, grouping)
+        lo, hi = group_similarity_range(groups, len(paths), found.pairs, found.sims)
+        near = [{"paths": [paths[i] for i in g], "min_similarity": float(a), "max_similarity": float(b)}
+                for g, a, b in zip(groups, lo, hi)]
+        hist = found.nearest[np.isfinite(found.nearest)]  # from the same search, no second pass
 
     exact_set = [sorted(g) for g in exact]
     result = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": str(images or index), "threshold": threshold, "model": model_desc,
-        "exact_groups": exact_set, "near_groups": near,
+        "exact_groups": exact_set, "near_groups": near, "search": search_info,
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "groups.json", result)
@@ -187,11 +159,12 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
             w.writerows([[f"exact-{i}", "exact", p] for p in g])
         for i, g in enumerate(near):
             w.writerows([[f"near-{i}", "near", p] for p in g["paths"]])
-    if hist is not None:
+    if hist is not None and len(hist):
         from zoo.plots import histogram
 
         histogram(hist, out / "nearest_similarity.png", f"nearest-neighbour cosine similarity ({model_desc})",
-                  "cosine similarity to the nearest other image", marks=[threshold])
+                  "cosine similarity to the nearest other image"
+                  + (" (among the inverted file's candidates)" if search_info["method"] == "ivf" else ""), marks=[threshold])
     if plots:
         from zoo.index import Hit
         from zoo.plots import topk_grid

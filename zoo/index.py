@@ -203,21 +203,27 @@ class ZooIndex:
         if len(ids) == 0:
             return
         sel = np.asarray(ids, dtype=np.int64)
-        try:
-            self.index.remove_ids(sel)
-        except RuntimeError:  # e.g. HNSW cannot remove: rebuild from the vectors that stay
-            self._rebuild_without(set(sel.tolist()))
+        if isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlatCodes):
+            self.index.remove_ids(sel)  # flat storage closes the gaps, and the id map follows
+        else:  # IVF keeps its internal numbering and HNSW cannot remove: rebuild what stays
+            self._rebuild_without(sel)
         self.store.remove(sel.tolist())
 
-    def _rebuild_without(self, gone: set[int]) -> None:
+    def _rebuild_without(self, gone: np.ndarray) -> None:
+        """Re-add the vectors that stay to an empty copy of the trained index (no retraining);
+        internal positions stay 0..N-1 in id-map order, so row i of the storage is id_map[i]."""
         ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        keep = np.array([i for i in ids.tolist() if i not in gone], dtype=np.int64)
-        vectors = np.stack([self.index.reconstruct(int(i)) for i in keep]) if len(keep) else np.zeros((0, self.dim), np.float32)
-        fresh = faiss.index_factory(self.dim, f"IDMap2,{self.meta['factory']}", faiss.METRIC_INNER_PRODUCT)
-        if len(keep):
-            if not fresh.is_trained:
-                fresh.train(vectors)
-            fresh.add_with_ids(vectors, keep)
+        keep = ~np.isin(ids, gone)
+        inner = faiss.downcast_index(self.index.index)
+        ivf = faiss.try_extract_index_ivf(inner)
+        if ivf is not None:
+            ivf.make_direct_map()
+        vectors = inner.reconstruct_n(0, inner.ntotal)[keep] if len(ids) else np.zeros((0, self.dim), np.float32)
+        fresh = faiss.clone_index(self.index)
+        fresh.reset()
+        if keep.any():
+            fresh.add_with_ids(np.ascontiguousarray(vectors), ids[keep])
+        set_search_params(fresh, self.meta.get("search", {}))
         self.index = fresh
 
     # ---- identity -----------------------------------------------------------------------
