@@ -157,7 +157,9 @@ class ZooIndex:
             "factory": factory,
             "metric": "inner_product on L2-normalised vectors (cosine similarity)",
             "model": model_identity(model),
+            "search": default_search_params(index),
         }
+        set_search_params(index, meta["search"])
         out = cls(index, meta, ItemStore(), Path(os.path.abspath(root)) if root else None)
         out._model = model
         return out
@@ -187,8 +189,7 @@ class ZooIndex:
                 self.index.train(sample)
             except RuntimeError as e:
                 raise ZooError(f"cannot train index '{self.meta['factory']}' on {len(sample)} vectors: {faiss_reason(e)}") from None
-            self.meta["search"] = default_search_params(self.index)
-            set_search_params(self.index, self.meta["search"])
+
         ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
         self.index.add_with_ids(x, ids)
         self._next_id += len(x)
