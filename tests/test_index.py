@@ -131,7 +131,7 @@ def test_auto_factory_by_size_and_memory():
 
 def test_ivf_knobs_persist_and_remove_by_id(tmp_path):
     from zoo.data import Record
-    from zoo.index import ZooIndex
+    from zoo.index import ZooIndex, stored_vectors
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 16)).astype(np.float32)
@@ -176,6 +176,12 @@ def test_ivf_knobs_persist_and_remove_by_id(tmp_path):
         ix.add(x[:2], records[:2])  # new ids after the removal: 2000, 2001
         _, ids = ix.search_vectors(x[:2], 1)
         assert ids[:, 0].tolist() == [2000, 2001]
+        ix.save(tmp_path / f"{factory}.index")
+        back = zoo.load_index(tmp_path / f"{factory}.index")
+        stored = {int(i): v for ids_, vs in stored_vectors(back.index) for i, v in zip(ids_, vs)}
+        assert sorted(stored) == [*range(3, 2002)]  # every id once, by id after a reload too
+        assert np.allclose(stored[2000], x[0] / np.linalg.norm(x[0]), atol=1e-5)
+        assert np.allclose(back.index.reconstruct(7), x[7] / np.linalg.norm(x[7]), atol=1e-5)
         assert ix.item(3)["path"] == str(tmp_path / "3.png")
         with pytest.raises(ZooError, match="no item with id 0"):
             ix.item(0)

@@ -96,8 +96,16 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     if index is not None:
         idx = load_index(index)
         root = idx.root
-        vectors, lossy = index_vectors(faiss.downcast_index(idx.index.index))  # a view on Flat storage, else decoded once
-        ids = faiss.vector_to_array(idx.index.id_map)  # row i of vectors is item ids[i]
+        if isinstance(idx.index, faiss.IndexIDMap2):  # a view on Flat storage, else decoded once
+            vectors, lossy = index_vectors(faiss.downcast_index(idx.index.index))
+            ids = faiss.vector_to_array(idx.index.id_map)  # row i of vectors is item ids[i]
+        else:  # an inverted file: decoded by id, a chunk at a time
+            from zoo.index import stored_vectors
+
+            parts = list(stored_vectors(idx.index))
+            ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+            vectors = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, idx.dim), np.float32)
+            lossy = "Flat" not in str(idx.meta["factory"]).split(",")[-1]
         rows = idx.store.get(ids.tolist())
         paths = [idx._item(rows[int(i)])["path"] for i in ids]
         model_desc = idx.describe()

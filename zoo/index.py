@@ -3,7 +3,9 @@
 On disk an index is a folder (see ``zoo.indexdir`` for the versioned layout and the lock);
 each version holds
 
-    index.faiss         faiss.write_index of an IndexIDMap2: vector ids are item ids
+    index.faiss         faiss.write_index; vector ids are item ids (an inverted file keeps
+                        them itself, with a hash-table direct map; other indexes sit in an
+                        IndexIDMap2), so items are added and removed by id without a rebuild
     items.sqlite        one row per vector: path relative to the root, label, frame/time,
                         size and mtime (zoo.store)
     meta.json           root folder, model identity and recipe, factory, counts
@@ -100,13 +102,46 @@ def auto_factory(n: int, dim: int, memory_bytes: Optional[int] = None) -> str:
 
 def default_search_params(index: faiss.Index) -> dict[str, int]:
     """Search-time settings for a recall@10 near 0.95 (measured in benchmarks/index_scale.py)."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else faiss.downcast_index(index)
     ivf = faiss.try_extract_index_ivf(inner)
     if ivf is not None:
         return {"nprobe": int(min(ivf.nlist, max(16, ivf.nlist // 32)))}
     if "HNSW" in type(inner).__name__:
         return {"efSearch": 128}
     return {}
+
+
+def new_faiss_index(dim: int, factory: str) -> faiss.Index:
+    """An empty index whose search returns item ids: an inverted file keeps ids itself (and
+    removes and reconstructs by id through a hash-table direct map); anything else is wrapped
+    in an IndexIDMap2."""
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is None:
+            return faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ZooError(f"bad FAISS index factory string '{factory}': {faiss_reason(e)}") from None
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return index
+
+
+def stored_vectors(index: faiss.Index, chunk: int = 65536):
+    """Yield (ids, vectors) of every stored vector, a chunk at a time (codes decoded: for SQ/PQ
+    indexes the vectors are approximations)."""
+    if isinstance(index, faiss.IndexIDMap2):
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        inner = faiss.downcast_index(index.index)
+        for s in range(0, len(ids), chunk):
+            yield ids[s : s + chunk], inner.reconstruct_n(s, min(chunk, len(ids) - s))
+        return
+    ivf = faiss.extract_index_ivf(index)
+    lists = [faiss.rev_swig_ptr(ivf.invlists.get_ids(l), ivf.invlists.list_size(l)).copy()
+             for l in range(ivf.nlist) if ivf.invlists.list_size(l)]
+    ids = np.sort(np.concatenate(lists)) if lists else np.zeros(0, np.int64)
+    for s in range(0, len(ids), chunk):
+        part = ids[s : s + chunk]
+        yield part, index.reconstruct_batch(part)
 
 
 def set_search_params(index: faiss.Index, params: dict[str, int]) -> None:
@@ -133,7 +168,7 @@ def common_root(records: Sequence[Record]) -> Path:
 
 class ZooIndex:
     def __init__(self, index: faiss.Index, meta: dict, store: ItemStore, root: Optional[Path], folder: Optional[Path] = None):
-        self.index = index  # IndexIDMap2: search returns item ids
+        self.index = index  # search returns item ids (see new_faiss_index)
         self.meta = meta
         self.store = store
         self.root = root  # absolute; item paths are relative to it
@@ -147,10 +182,7 @@ class ZooIndex:
         """An empty index; ``factory`` "auto" chooses one for ``expected`` vectors (auto_factory)."""
         if factory == "auto":
             factory = auto_factory(expected, model.embedding_dim)
-        try:
-            index = faiss.index_factory(model.embedding_dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as e:
-            raise ZooError(f"bad FAISS index factory string '{factory}': {faiss_reason(e)}") from None
+        index = new_faiss_index(model.embedding_dim, factory)
         meta = {
             "zoo_version": zoo.__version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -182,7 +214,7 @@ class ZooIndex:
         if self.root is None:
             self.root = common_root(records)
         if not self.index.is_trained:  # on a seeded sample: k-means needs ~40-256 points a list, not all
-            ivf = faiss.try_extract_index_ivf(faiss.downcast_index(self.index.index))
+            ivf = faiss.try_extract_index_ivf(self.index)
             n_train = min(len(x), max(100_000, 64 * ivf.nlist) if ivf is not None else 100_000)
             sample = x if n_train == len(x) else x[np.sort(np.random.default_rng(0).choice(len(x), n_train, replace=False))]
             try:
@@ -204,9 +236,11 @@ class ZooIndex:
         if len(ids) == 0:
             return
         sel = np.asarray(ids, dtype=np.int64)
-        if isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlatCodes):
+        if not isinstance(self.index, faiss.IndexIDMap2):
+            self.index.remove_ids(sel)  # an inverted file removes by its own ids
+        elif isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlatCodes):
             self.index.remove_ids(sel)  # flat storage closes the gaps, and the id map follows
-        else:  # IVF keeps its internal numbering and HNSW cannot remove: rebuild what stays
+        else:  # HNSW cannot remove: re-add what stays
             self._rebuild_without(sel)
         self.store.remove(sel.tolist())
 
@@ -216,9 +250,6 @@ class ZooIndex:
         ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
         keep = ~np.isin(ids, gone)
         inner = faiss.downcast_index(self.index.index)
-        ivf = faiss.try_extract_index_ivf(inner)
-        if ivf is not None:
-            ivf.make_direct_map()
         vectors = inner.reconstruct_n(0, inner.ntotal)[keep] if len(ids) else np.zeros((0, self.dim), np.float32)
         fresh = faiss.clone_index(self.index)
         fresh.reset()
@@ -432,7 +463,7 @@ class ZooIndex:
             index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         except RuntimeError as e:
             raise ZooError(f"{path}: index.faiss is damaged ({faiss_reason(e)[:160]}); rebuild the index") from None
-        if not isinstance(index, faiss.IndexIDMap2):
+        if not isinstance(index, faiss.IndexIDMap2) and faiss.try_extract_index_ivf(index) is None:
             raise ZooError(f"{path}: index.faiss is not a zoo index (no item ids); rebuild the index")
         store = ItemStore(folder / "items.sqlite", readonly=True)
         if index.ntotal != len(store) or index.d != meta["model"]["dim"]:
