@@ -20,7 +20,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning as L
 from jsonargparse import ArgumentError
@@ -182,7 +182,8 @@ class ZooTrainer(L.Trainer):
         model: ZooModel,
         images: Optional[str] = None,
         index: Optional[str] = None,
-        threshold: float = 0.95,
+        threshold: Union[float, Literal["auto"]] = 0.95,
+        calibration: str = "zoo-calibration.json",
         out: str = "duplicates",
         overwrite: bool = False,
         exact_only: bool = False,
@@ -200,7 +201,9 @@ class ZooTrainer(L.Trainer):
         Args:
             images: folder to scan (exact duplicates by hash first, then near duplicates).
             index: an existing index to search for near duplicates (no model run).
-            threshold: cosine similarity at or above which two images are near duplicates.
+            threshold: cosine similarity at or above which two images are near duplicates, or auto:
+                the model's threshold from `zoo calibrate` (read from --calibration).
+            calibration: the calibration file that --threshold auto reads.
             out: output folder for groups.json, pairs.csv, groups.csv, similarity histogram.
             exact_only: only identical files (by hash), no model.
             plots: also save a PNG per group.
@@ -212,11 +215,54 @@ class ZooTrainer(L.Trainer):
         if undo:
             undo_quarantine(undo)
             return
+        model = resolve_model(model, backbone, checkpoint)
+        if threshold == "auto":
+            from zoo.calibrate import calibrated_threshold
+
+            threshold = calibrated_threshold(calibration, model if index is None else None, index)
         run_duplicates(
-            resolve_model(model, backbone, checkpoint), images=images, index=index, threshold=threshold, out=out,
+            model, images=images, index=index, threshold=threshold, out=out,
             overwrite=overwrite, exact_only=exact_only, plots=plots, move_to=move_to, trainer=self,
             batch_size=batch_size, num_workers=num_workers,
         )
+
+    def calibrate(
+        self,
+        model: ZooModel,
+        images: str,
+        sample: int = 200,
+        precision: float = 0.95,
+        copies: int = 1,
+        edits: Union[str, list[dict[str, Any]]] = "copyset",
+        calibration: str = "zoo-calibration.json",
+        plot: Optional[str] = None,
+        seed: int = 0,
+        overwrite: bool = False,
+        backbone: Optional[str] = None,
+        checkpoint: Optional[str] = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        datamodule: Any = None,
+    ) -> None:
+        """Find the model's copy-detection threshold for a target precision on your own photos.
+
+        Args:
+            images: a folder of your photos; a seeded sample gets synthetic edited copies.
+            sample: how many photos to sample.
+            precision: the pair precision the threshold must reach (the recall there is reported).
+            copies: edited copies per photo.
+            edits: the copy edits: a preset of zoo.augment (copyset, copydetect) or a list of {name, args, p}.
+            calibration: the JSON file the threshold is merged into, keyed by the model's identity;
+                `zoo duplicates --threshold auto` reads it.
+            plot: precision/recall curve PNG (default: beside the calibration file).
+            seed: seed of the sample and of the edits.
+            overwrite: replace this model's existing calibration (and plot).
+        """
+        from zoo.calibrate import run_calibrate
+
+        run_calibrate(resolve_model(model, backbone, checkpoint), images, sample=sample, precision=precision, edits=edits,
+                      copies=copies, calibration=calibration, plot=plot, seed=seed, overwrite=overwrite, trainer=self,
+                      batch_size=batch_size, num_workers=num_workers)
 
     def benchmark(
         self,
@@ -350,7 +396,7 @@ class ZooCLI(LightningCLI):
         return {
             **LightningCLI.subcommands(),
             "index": extra, "search": extra, "compare": extra, "duplicates": extra,
-            "benchmark": extra, "list": extra, "export": extra,
+            "benchmark": extra, "list": extra, "export": extra, "calibrate": extra,
         }
 
     def before_instantiate_classes(self) -> None:
@@ -359,6 +405,10 @@ class ZooCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "fit":
+            from zoo.start_validation import StartValidation
+
+            trainer.callbacks.append(StartValidation())  # scores the starting model; keeps it if best
         if type(trainer.progress_bar_callback) is TQDMProgressBar:
             trainer.progress_bar_callback.__class__ = StderrProgressBar
         return trainer
@@ -385,6 +435,7 @@ class ZooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({
             "trainer.max_epochs": 10,
+            "trainer.num_sanity_val_steps": -1,  # validate the starting model in full (zoo.start_validation)
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
             "trainer.callbacks": [
                 # the best epoch by validation mAP ...
