@@ -140,7 +140,7 @@ def build_step(step: dict, size: tuple[int, int]):
 def edits(spec: Spec | None, size: Sequence[int]) -> v2.Compose:
     """The configured steps alone: PIL image -> edited PIL image (the size may change)."""
     size = (int(size[0]), int(size[1]))
-    return v2.Compose([build_step(s, size) for s in resolve_spec(spec)])
+    return v2.Compose([build_step(s, size) for s in resolve_spec(spec)] or [v2.Identity()])
 
 
 def build_augmentation(spec: Spec | None, data_config: dict[str, Any]) -> v2.Compose:
