@@ -220,3 +220,36 @@ def test_training_validates_the_start_and_keeps_it_when_epochs_are_no_better(tmp
     epochs_better = any(float(r["val/map"]) > start for r in val[1:])
     assert best.group(2).endswith("start.ckpt") == (not epochs_better)
     assert zoo.load_model(best.group(2)).embedding_dim == 128  # a usable checkpoint
+
+
+# ---- background score normalisation ------------------------------------------------------
+def test_background_normalisation_on_constructed_vectors():
+    from zoo.normalise import background_similarity, normalised_pairs
+
+    angle = lambda deg: [math.cos(math.radians(deg)), math.sin(math.radians(deg))]  # noqa: E731
+    vectors = np.array([angle(0), angle(10), angle(90), angle(95)], np.float32)
+    background = np.array([angle(d) for d in (100, 110, 120, -80)], np.float32)
+    bg = background_similarity(vectors, background, k=2)
+    # the 2nd nearest background vector: 0 deg -> -80 (80 deg) is 1st, 100 is 2nd
+    assert np.allclose(bg, [math.cos(math.radians(a)) for a in (100, 90, 20, 15)], atol=1e-6)
+    pairs, scores = normalised_pairs(vectors, bg, threshold=0.5)
+    raw = {(0, 1): math.cos(math.radians(10)), (2, 3): math.cos(math.radians(5))}
+    expected = {p: raw[p] - (bg[p[0]] + bg[p[1]]) / 2 for p in raw}
+    assert expected[(0, 1)] > 0.5 > expected[(2, 3)]  # the pair in a crowded region drops out
+    assert [tuple(p) for p in pairs.tolist()] == [(0, 1)] and np.isclose(scores[0], expected[(0, 1)], atol=1e-6)
+    with pytest.raises(ZooError, match="background set holds 4 images; --background_k 5"):
+        background_similarity(vectors, background, k=5)
+
+
+def test_cli_duplicates_with_background(shapes_dir, tmp_path, zoo_cli):
+    bg = make_shapes(tmp_path / "bg", per_class=3, seed=5, shapes=("cross",))
+    code, _, err = zoo_cli("duplicates", "--images", shapes_dir, "--threshold", "0.01", "--background", bg,
+                           "--background_k", "2", "--out", tmp_path / "d", "--backbone", "test_resnet", *TINY)
+    assert code == 0, err
+    result = json.load(open(tmp_path / "d" / "groups.json"))
+    assert result["background"] == str(bg) and result["background_k"] == 2
+    rows = list(csv.DictReader(open(tmp_path / "d" / "pairs.csv")))
+    assert rows and all(float(r["similarity"]) >= 0.01 for r in rows)
+    code, _, err = zoo_cli("duplicates", "--images", shapes_dir, "--background", tmp_path / "nowhere",
+                           "--out", tmp_path / "d2", "--backbone", "test_resnet", *TINY)
+    assert code == 2 and "zoo: error: --background" in err and "no such folder or index" in err

@@ -184,6 +184,8 @@ class ZooTrainer(L.Trainer):
         index: Optional[str] = None,
         threshold: Union[float, Literal["auto"]] = 0.95,
         calibration: str = "zoo-calibration.json",
+        background: Optional[str] = None,
+        background_k: int = 10,
         out: str = "duplicates",
         overwrite: bool = False,
         exact_only: bool = False,
@@ -204,6 +206,10 @@ class ZooTrainer(L.Trainer):
             threshold: cosine similarity at or above which two images are near duplicates, or auto:
                 the model's threshold from `zoo calibrate` (read from --calibration).
             calibration: the calibration file that --threshold auto reads.
+            background: a folder of unrelated images, or an index of the same model: a pair's score
+                becomes its cosine minus the mean of both images' similarity to their k-th nearest
+                background image, and --threshold applies to that score (e.g. 0.1).
+            background_k: k of --background.
             out: output folder for groups.json, pairs.csv, groups.csv, similarity histogram.
             exact_only: only identical files (by hash), no model.
             plots: also save a PNG per group.
@@ -221,7 +227,8 @@ class ZooTrainer(L.Trainer):
 
             threshold = calibrated_threshold(calibration, model if index is None else None, index)
         run_duplicates(
-            model, images=images, index=index, threshold=threshold, out=out,
+            model, images=images, index=index, threshold=threshold, out=out, background=background,
+            background_k=background_k,
             overwrite=overwrite, exact_only=exact_only, plots=plots, move_to=move_to, trainer=self,
             batch_size=batch_size, num_workers=num_workers,
         )

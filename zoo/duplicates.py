@@ -112,7 +112,8 @@ def nearest_similarities(vectors: np.ndarray, chunk: int = 4096) -> np.ndarray:
 
 # ---- the command ------------------------------------------------------------------------
 def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicates", overwrite=False,
-                   exact_only=False, plots=False, move_to=None, trainer=None, batch_size=32, num_workers=0) -> dict:
+                   exact_only=False, plots=False, move_to=None, trainer=None, batch_size=32, num_workers=0,
+                   background=None, background_k=10) -> dict:
     from zoo.embed import embed
     from zoo.index import load_index
 
@@ -155,7 +156,17 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     pair_rows = []
     hist = None
     if vectors is not None and len(paths) > 1:
-        pairs, sims = similar_pairs(vectors, threshold)
+        if background is not None:  # scores relative to a background set (zoo.normalise)
+            from zoo.normalise import background_similarity, background_vectors, normalised_pairs
+
+            bg_model = idx.model() if index is not None else model
+            expect = ((idx.meta["model"]["architecture"], idx.meta["model"]["weights"]) if index is not None
+                      else (model.architecture, model.weights_id))
+            bg = background_similarity(vectors, background_vectors(background, bg_model, trainer, batch_size, num_workers,
+                                                                   expect=expect), background_k)
+            pairs, sims = normalised_pairs(vectors, bg, threshold)
+        else:
+            pairs, sims = similar_pairs(vectors, threshold)
         for (a, b), s in zip(pairs, sims):
             pair_rows.append((paths[a], paths[b], float(s)))
         for g in connected_components(len(paths), pairs):
@@ -168,6 +179,7 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     result = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": str(images or index), "threshold": threshold, "model": model_desc,
+        **({"background": str(background), "background_k": background_k} if background is not None else {}),
         "exact_groups": exact_set, "near_groups": near,
     }
     out.mkdir(parents=True, exist_ok=True)
