@@ -59,7 +59,7 @@ def copy_set(originals, folder: Path, seed: int):
     return copies
 
 
-def train(train_records, out: Path, epochs: int, batch_size: int, workers: int) -> str:
+def train(train_records, out: Path, epochs: int, batch_size: int, workers: int, extra: list[str]) -> str:
     from zoo.cli import main
 
     data = out / "train"
@@ -72,7 +72,7 @@ def train(train_records, out: Path, epochs: int, batch_size: int, workers: int) 
     args = ["fit", "--config", str(ROOT / "configs/copydetect/mobilenetv2_shared.yaml"), "--model.weights", FROZEN["weights"],
             "--data.root", str(data), "--data.batch_size", str(batch_size), "--data.num_workers", str(workers),
             "--trainer.max_epochs", str(epochs), "--trainer.default_root_dir", str(runs),
-            "--trainer.logger.init_args.save_dir", str(runs), "--trainer.enable_progress_bar", "false"]
+            "--trainer.logger.init_args.save_dir", str(runs), "--trainer.enable_progress_bar", "false", *extra]
     t = time.time()
     if main(args) != 0:
         sys.exit("training failed")
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="a trained checkpoint: skip training")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 0.95])
     ap.add_argument("--out", default="copy-detection-results")
+    ap.add_argument("--fit", nargs=argparse.REMAINDER, default=[], help="more `zoo fit` options, e.g. --fit --model.lr 0.003")
     a = ap.parse_args()
     out = Path(a.out)
     train_records, originals, distractors = split(a.images, a.train, a.test, a.seed)
@@ -118,11 +119,11 @@ def main() -> None:
     items = [*originals, *copies, *distractors]
     groups = [*range(len(originals)), *range(len(originals)), *range(len(originals), len(originals) + len(distractors))]
     rows = [evaluate("frozen mobilenetv2_100 (avg pool)", zoo.ZooModel(**FROZEN), items, groups, a.thresholds, a.workers)]
-    ckpt = a.checkpoint or train(train_records, out, a.epochs, a.batch_size, a.workers)
+    ckpt = a.checkpoint or train(train_records, out, a.epochs, a.batch_size, a.workers, a.fit)
     rows.append(evaluate(f"trained ({Path(ckpt).name})", zoo.load_model(ckpt), items, groups, a.thresholds, a.workers))
 
     print(f"copy detection: {a.test} unseen photos + 1 copyset copy each + {a.test} distractors "
-          f"(train {a.train} photos, {a.epochs} epochs, batch {a.batch_size}, seed {a.seed})")
+          f"(train {a.train} photos, {a.epochs} epochs, batch {a.batch_size}, seed {a.seed}{', ' + ' '.join(a.fit) if a.fit else ''})")
     cols = list(rows[0])
     print(" | ".join(f"{c:>10}" if c != "model" else f"{c:<36}" for c in cols))
     for r in rows:
