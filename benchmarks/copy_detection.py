@@ -123,7 +123,8 @@ def main() -> None:
     rows.append(evaluate(f"trained ({Path(ckpt).name})", zoo.load_model(ckpt), items, groups, a.thresholds, a.workers))
 
     print(f"copy detection: {a.test} unseen photos + 1 copyset copy each + {a.test} distractors "
-          f"(train {a.train} photos, {a.epochs} epochs, batch {a.batch_size}, seed {a.seed}{', ' + ' '.join(a.fit) if a.fit else ''})")
+          f"(" + (f"checkpoint {a.checkpoint}, " if a.checkpoint else f"train {a.train} photos, {a.epochs} epochs, batch {a.batch_size}, ")
+          + f"seed {a.seed}{', ' + ' '.join(a.fit) if a.fit else ''})")
     cols = list(rows[0])
     print(" | ".join(f"{c:>10}" if c != "model" else f"{c:<36}" for c in cols))
     for r in rows:
