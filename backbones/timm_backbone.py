@@ -185,6 +185,29 @@ def _sidecar(weights: Optional[str]) -> dict:
     return data
 
 
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenovic et al.): (mean over h, w of x.clamp(eps) ** p) ** (1/p),
+    (B, C, h, w) -> (B, C). p = 1 is average pooling; large p approaches max pooling. p is fixed
+    (not trained), so weights files load unchanged."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p, self.eps = float(p), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1)).pow(1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_gem(model: nn.Module, p: float) -> None:
+    """Swap a timm model's global pooling for GeM (timm's own pool types do not include it)."""
+    if not isinstance(getattr(model, "global_pool", None), nn.Module):
+        raise ZooError(f"global_pool: gem needs a model with a global_pool layer; {type(model).__name__} has none")
+    model.global_pool = GeM(p)
+
+
 def timm_backbone(
     model_name: str,
     pretrained: bool = False,
@@ -209,13 +232,22 @@ def timm_backbone(
     if "image_size" in overlay:  # a shortcut for input_size
         overlay["input_size"] = (3, int(overlay["image_size"]), int(overlay.pop("image_size")))
 
+    # global_pool: gem (or gem_p: P) is zoo's: the model is built with average pooling, then swapped
+    gem_p = float(kwargs.get("gem_p", 3.0)) if kwargs.get("global_pool") == "gem" else None
+    timm_kwargs = {k: v for k, v in kwargs.items() if k != "gem_p" and not (k == "global_pool" and gem_p is not None)}
+
     def build(**extra) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             try:
-                return timm.create_model(
-                    model_name, num_classes=0, pretrained_cfg_overlay={**overlay, **extra}, **kwargs
+                model = timm.create_model(
+                    model_name, num_classes=0, pretrained_cfg_overlay={**overlay, **extra}, **timm_kwargs
                 )
+                if gem_p is not None:
+                    use_gem(model, gem_p)
+                return model
+            except ZooError:
+                raise
             except Exception as e:  # timm reports a bad argument as TypeError, ValueError, AssertionError...
                 raise ZooError(f"cannot build {model_name} with model_kwargs {kwargs}: {' '.join(str(e).split())[:200]}") from None
 
@@ -236,11 +268,13 @@ def timm_backbone(
         cached = _cached_hub_file(cfg)
         try:
             if cached:
-                model = _create_pretrained(model_name, kwargs, {**overlay, "file": cached}, seed)
+                model = _create_pretrained(model_name, timm_kwargs, {**overlay, "file": cached}, seed)
             elif hub_reachable():
-                model = _create_pretrained(model_name, kwargs, overlay, seed)
+                model = _create_pretrained(model_name, timm_kwargs, overlay, seed)
             else:
                 raise OSError("the model hub is not reachable and the weights are not cached")
+            if gem_p is not None:
+                use_gem(model, gem_p)
             return backbone(model, f"hub:timm/{tag}")
         except Exception as e:  # offline, or no such tag
             warn_loudly(

@@ -1,4 +1,5 @@
-"""Triplet siamese head: an MLP projection trained with a triplet margin loss on mined triplets.
+"""Triplet siamese head: an MLP projection trained with a triplet margin loss on mined triplets,
+or with the in-batch contrastive NT-Xent (InfoNCE) loss of SimCLR / SSCD (``loss: ntxent``).
 
 The three "siamese" branches share one backbone and head; a batch holds P classes x K images
 (or, without labels, each image and an augmented copy of it), and a miner picks the triplets.
@@ -27,6 +28,15 @@ def triplet_accuracy(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return (d[a, p] < d[a, n]).float().mean()
 
 
+def ntxent_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """NT-Xent over a batch of L2-normalised embeddings (B, D): for each positive pair (a, p),
+    -log(exp(s_ap / t) / (exp(s_ap / t) + sum over negatives n of a: exp(s_an / t))), averaged
+    over all positive pairs (pytorch-metric-learning's NTXentLoss)."""
+    from pytorch_metric_learning import losses  # training only: slow import (scipy)
+
+    return losses.NTXentLoss(temperature=temperature)(embeddings, labels)
+
+
 class TripletHead(Head):
     """MLP projection (in_features -> hidden_dim -> embedding_dim), L2-normalised.
 
@@ -34,6 +44,10 @@ class TripletHead(Head):
     and "batch_hard" (hardest positive and negative per anchor) suit a pretrained backbone;
     "hard" keeps d_an < d_ap; "all" keeps every triplet that violates the margin, which is
     what gets a randomly initialised network off the ground (semi-hard mining stalls there).
+
+    loss: "triplet" (margin loss on mined triplets) or "ntxent": every other image of the
+    batch is a negative of each positive pair, at ``temperature``; this suits copy detection
+    trained on augmented pairs, where most triplets are easy and mining finds little.
     """
 
     def __init__(
@@ -44,6 +58,8 @@ class TripletHead(Head):
         margin: float = 0.2,
         mining: Literal["semihard", "hard", "all", "batch_hard"] = "semihard",
         dropout: float = 0.0,
+        loss: Literal["triplet", "ntxent"] = "triplet",
+        temperature: float = 0.1,
     ):
         super().__init__()
         if in_features is None:
@@ -56,6 +72,12 @@ class TripletHead(Head):
             nn.Dropout(dropout),
             nn.Linear(hidden_dim, embedding_dim),
         )
+        if loss not in ("triplet", "ntxent"):
+            raise ZooError(f"head 'triplet': loss '{loss}' is not one of triplet, ntxent")
+        if temperature <= 0:
+            raise ZooError(f"head 'triplet': temperature {temperature} must be positive")
+        self.loss_name, self.temperature = loss, temperature
+
         from pytorch_metric_learning import losses, miners  # training only: slow import (scipy)
 
         self.loss_fn = losses.TripletMarginLoss(margin=margin)
@@ -71,6 +93,8 @@ class TripletHead(Head):
         if labels is None:
             raise ZooError("the triplet head needs labels or augmentation pairs in each batch")
         emb = self(features)
+        if self.loss_name == "ntxent":
+            return ntxent_loss(emb, labels, self.temperature), {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
         triplets = self.miner(emb, labels)
         loss = self.loss_fn(emb, labels, triplets)
         return loss, {"triplet_acc": triplet_accuracy(emb.detach(), labels)}

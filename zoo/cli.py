@@ -21,7 +21,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning as L
 from jsonargparse import ArgumentError
@@ -183,7 +183,10 @@ class ZooTrainer(L.Trainer):
         model: ZooModel,
         images: Optional[str] = None,
         index: Optional[str] = None,
-        threshold: float = 0.95,
+        threshold: Union[float, Literal["auto"]] = 0.95,
+        calibration: str = "zoo-calibration.json",
+        background: Optional[str] = None,
+        background_k: int = 10,
         out: str = "duplicates",
         overwrite: bool = False,
         exact_only: bool = False,
@@ -205,7 +208,13 @@ class ZooTrainer(L.Trainer):
         Args:
             images: folder to scan (exact duplicates by hash first, then near duplicates).
             index: an existing index to search for near duplicates (no model run).
-            threshold: cosine similarity at or above which two images are near duplicates.
+            threshold: cosine similarity at or above which two images are near duplicates, or auto:
+                the model's threshold from `zoo calibrate` (read from --calibration).
+            calibration: the calibration file that --threshold auto reads.
+            background: a folder of unrelated images, or an index of the same model: a pair's score
+                becomes its cosine minus the mean of both images' similarity to their k-th nearest
+                background image, and --threshold applies to that score (e.g. 0.1).
+            background_k: k of --background.
             out: output folder for groups.json, pairs.csv, groups.csv, similarity histogram.
             exact_only: only identical files (by hash), no model.
             plots: also save a PNG per group.
@@ -216,8 +225,8 @@ class ZooTrainer(L.Trainer):
             approximate: use the inverted file whatever the size.
             nprobe: nearest lists each image probes in the inverted file (default: the fewest that
                 reach 0.98 recall on a calibration; more: higher recall, slower).
-            grouping: star (every member within the threshold of the group's first image, the one
-                --move-to keeps) or components (chains of near duplicates merge).
+            grouping: star (every member within the threshold of the group's centre) or components
+                (chains of near duplicates merge); --move-to keeps the best file of each group.
         """
         from zoo.duplicates import run_duplicates, undo_quarantine
 
@@ -226,12 +235,56 @@ class ZooTrainer(L.Trainer):
             return
         if exact and approximate:
             raise ZooError("--exact and --approximate exclude each other")
+        model = resolve_model(model, backbone, checkpoint)
+        if threshold == "auto":
+            from zoo.calibrate import calibrated_threshold
+
+            threshold = calibrated_threshold(calibration, model if index is None else None, index)
         run_duplicates(
-            resolve_model(model, backbone, checkpoint), images=images, index=index, threshold=threshold, out=out,
+            model, images=images, index=index, threshold=threshold, out=out, background=background,
+            background_k=background_k,
             overwrite=overwrite, exact_only=exact_only, plots=plots, move_to=move_to, trainer=self,
             batch_size=batch_size, num_workers=num_workers,
             search="exact" if exact else "ivf" if approximate else "auto", nprobe=nprobe, grouping=grouping,
         )
+
+    def calibrate(
+        self,
+        model: ZooModel,
+        images: str,
+        sample: int = 200,
+        precision: float = 0.95,
+        copies: int = 1,
+        edits: Union[str, list[dict[str, Any]]] = "copyset",
+        calibration: str = "zoo-calibration.json",
+        plot: Optional[str] = None,
+        seed: int = 0,
+        overwrite: bool = False,
+        backbone: Optional[str] = None,
+        checkpoint: Optional[str] = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        datamodule: Any = None,
+    ) -> None:
+        """Find the model's copy-detection threshold for a target precision on your own photos.
+
+        Args:
+            images: a folder of your photos; a seeded sample gets synthetic edited copies.
+            sample: how many photos to sample.
+            precision: the pair precision the threshold must reach (the recall there is reported).
+            copies: edited copies per photo.
+            edits: the copy edits: a preset of zoo.augment (copyset, copydetect) or a list of {name, args, p}.
+            calibration: the JSON file the threshold is merged into, keyed by the model's identity;
+                `zoo duplicates --threshold auto` reads it.
+            plot: precision/recall curve PNG (default: beside the calibration file).
+            seed: seed of the sample and of the edits.
+            overwrite: replace this model's existing calibration (and plot).
+        """
+        from zoo.calibrate import run_calibrate
+
+        run_calibrate(resolve_model(model, backbone, checkpoint), images, sample=sample, precision=precision, edits=edits,
+                      copies=copies, calibration=calibration, plot=plot, seed=seed, overwrite=overwrite, trainer=self,
+                      batch_size=batch_size, num_workers=num_workers)
 
     def benchmark(
         self,
@@ -393,7 +446,7 @@ class ZooCLI(LightningCLI):
         return {
             **LightningCLI.subcommands(),
             "index": extra, "search": extra, "compare": extra, "duplicates": extra,
-            "benchmark": extra, "list": extra, "export": extra, "serve": extra,
+            "benchmark": extra, "list": extra, "export": extra, "serve": extra, "calibrate": extra,
         }
 
     def before_instantiate_classes(self) -> None:
@@ -402,6 +455,10 @@ class ZooCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "fit":
+            from zoo.start_validation import StartValidation
+
+            trainer.callbacks.append(StartValidation())  # scores the starting model; keeps it if best
         if type(trainer.progress_bar_callback) is TQDMProgressBar:
             trainer.progress_bar_callback.__class__ = StderrProgressBar
         return trainer
@@ -428,6 +485,7 @@ class ZooCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({
             "trainer.max_epochs": 10,
+            "trainer.num_sanity_val_steps": -1,  # validate the starting model in full (zoo.start_validation)
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
             "trainer.callbacks": [
                 # the best epoch by validation mAP ...

@@ -9,30 +9,20 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from functools import partial
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from zoo.augment import Spec, build_augmentation, resolve_spec
 from zoo.data import ImageDataset, Record, collate, scan_folder
 from zoo.errors import ZooError
 
 
-def augmentation(data_config: dict) -> Callable:
-    """The positive-making augmentations: rotation, shifts, brightness, shear, zoom, flips."""
-    from torchvision import transforms as T  # training only
-
-    size = data_config["input_size"][1:]
-    return T.Compose([
-        T.Resize(size, interpolation=T.InterpolationMode.BILINEAR),
-        T.RandomAffine(degrees=20, translate=(0.1, 0.1), scale=(0.8, 1.2), shear=10),
-        T.ColorJitter(brightness=0.3),
-        T.RandomHorizontalFlip(),
-        T.RandomVerticalFlip(p=0.2),
-        T.ToTensor(),
-        T.Normalize(data_config["mean"], data_config["std"]),
-    ])
+def augmentation(data_config: dict, spec: Spec | None = "default"):
+    """The positive-making augmentations (see zoo.augment: a preset name or a list of steps)."""
+    return build_augmentation(spec, data_config)
 
 
 class LabelledImages(ImageDataset):
@@ -75,10 +65,11 @@ class AugmentedPairs(ImageDataset):
 
 
 class AugmentedQueries(Dataset):
-    """Unlabelled validation: each image (gallery) and a seeded augmented copy of it (query).
+    """Unlabelled validation: each held-out image (gallery) and a seeded edited copy (query).
 
-    Items 0..N-1 are the originals, N..2N-1 their copies; the "class" of both is the image's
-    index, so hit@1 says how often a copy finds its own original first.
+    Items alternate: 2j is image j, 2j+1 its copy, so that every batch holds whole pairs (a
+    loss sees positives). The "class" of both is j: hit@1 says how often a copy finds its
+    own original first, and the pair metrics count (image, copy) as the positive pairs.
     """
 
     def __init__(self, records: list[Record], eval_transform, augment, seed: int = 0):
@@ -90,15 +81,20 @@ class AugmentedQueries(Dataset):
         return 2 * len(self.originals)
 
     def __getitem__(self, i: int) -> dict:
-        n = len(self.originals)
-        if i < n:
-            item = self.originals[i]
+        j, is_copy = divmod(i, 2)
+        if not is_copy:
+            item = self.originals[j]
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed * 1_000_003 + i)  # the same copy every epoch
-                item = self.copies[i - n]
+                state = random.getstate()
+                random.seed(self.seed * 1_000_003 + i)
+                try:
+                    item = self.copies[j]
+                finally:
+                    random.setstate(state)
         if "error" not in item:
-            item.update(index=i, label=i % n, is_query=i >= n)
+            item.update(index=i, label=j, is_query=bool(is_copy))
         return item
 
 
@@ -111,6 +107,8 @@ class ZooDataModule(L.LightningDataModule):
         samples_per_class: int = 4,
         num_workers: int = 2,
         use_labels: bool = True,
+        augmentations: Union[str, list[dict[str, Any]]] = "default",
+        val_augmentations: Union[str, list[dict[str, Any]]] = "copyset",
         seed: int = 0,
     ):
         """
@@ -120,6 +118,11 @@ class ZooDataModule(L.LightningDataModule):
             batch_size: images per batch = classes per batch x samples_per_class.
             samples_per_class: K of the P x K sampler (images of one class in a batch).
             use_labels: False trains with augmentation positives even if folders name classes.
+            augmentations: the edits that make a training positive without labels: a preset
+                (default, copydetect, copyset) or a list of {name, args, p} steps, each a
+                torchvision.transforms.v2 class (see zoo/augment.py).
+            val_augmentations: the fixed, seeded edits of the unlabelled validation copies;
+                keep them different from the training ones so validation measures generalisation.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -130,6 +133,7 @@ class ZooDataModule(L.LightningDataModule):
                 f"batch_size={batch_size} does not fit the sampler: it must be a multiple of samples_per_class="
                 f"{samples_per_class} holding at least 2 classes (e.g. --data.batch_size {2 * samples_per_class} or more)"
             )
+        resolve_spec(augmentations), resolve_spec(val_augmentations)  # a bad name fails now
         self.train_records: list[Record] = []
         self.val_records: list[Record] = []
 
@@ -175,7 +179,7 @@ class ZooDataModule(L.LightningDataModule):
         import timm
 
         eval_tf = timm.data.create_transform(**cfg, is_training=False)
-        train_tf = augmentation(cfg)
+        train_tf = augmentation(cfg, self.hparams.augmentations)
         ids = {c: i for i, c in enumerate(self.classes)}
         if self.labelled:
             self.train_set = LabelledImages(self.train_records, [ids[r.label] for r in self.train_records], train_tf)
@@ -186,7 +190,8 @@ class ZooDataModule(L.LightningDataModule):
         elif self.labelled:
             self.val_set = LabelledImages(self.val_records, [ids[r.label] for r in self.val_records], eval_tf, self.val_is_query)
         else:
-            self.val_set = AugmentedQueries(self.val_records, eval_tf, train_tf, seed=self.hparams.seed)
+            val_tf = augmentation(cfg, self.hparams.val_augmentations)
+            self.val_set = AugmentedQueries(self.val_records, eval_tf, val_tf, seed=self.hparams.seed)
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams

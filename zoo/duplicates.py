@@ -73,11 +73,12 @@ def connected_components(n: int, pairs: np.ndarray) -> list[list[int]]:
 # ---- the command ------------------------------------------------------------------------
 def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicates", overwrite=False,
                    exact_only=False, plots=False, move_to=None, trainer=None, batch_size=32, num_workers=0,
-                   search="auto", nprobe=None, grouping="star") -> dict:
+                   search="auto", nprobe=None, grouping="star", background=None, background_k=10) -> dict:
     """``search``: "auto" (exact up to about 20k vectors, an inverted file above), "exact" or
     "ivf"; ``nprobe``: nearest lists each vector probes (more: higher recall, slower);
     ``grouping``: "star" (every member within the threshold of the group's first path) or
-    "components" (connected components: chains of near duplicates)."""
+    "components" (connected components: chains of near duplicates); ``background``: a folder or
+    index whose k-th nearest similarity is subtracted from each pair's (zoo.normalise)."""
     from zoo.embed import embed
     from zoo.index import load_index
 
@@ -132,22 +133,38 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     hist = None
     search_info = None
     if vectors is not None and len(paths) > 1:
-        found = find_pairs(vectors, threshold, method=search, nprobe=nprobe)
-        search_info = {**found.summary(), "grouping": grouping,
-                       "similarities": "approximate (decoded from lossy index codes)" if lossy else "exact"}
-        print(f"zoo: near duplicates by {found.recall_note}"
-              + ("; similarities from lossy index codes are approximate" if lossy else ""), file=sys.stderr)
-        pair_rows = [(paths[a], paths[b], s) for (a, b), s in zip(found.pairs.tolist(), found.sims.tolist())]
-        groups = make_groups(len(paths), found.pairs, found.sims, grouping)
-        lo, hi = group_similarity_range(groups, len(paths), found.pairs, found.sims)
+        if background is not None:  # scores relative to a background set (zoo.normalise), exact
+            from zoo.normalise import background_similarity, background_vectors, normalised_pairs
+
+            bg_model = idx.model() if index is not None else model
+            expect = ((idx.meta["model"]["architecture"], idx.meta["model"]["weights"]) if index is not None
+                      else (model.architecture, model.weights_id))
+            bg = background_similarity(vectors, background_vectors(background, bg_model, trainer, batch_size, num_workers,
+                                                                   expect=expect), background_k)
+            pairs, sims = normalised_pairs(vectors, bg, threshold)
+            pairs, sims = np.asarray(pairs, np.int64).reshape(-1, 2), np.asarray(sims, np.float32)
+            nearest = None
+            search_info = {"method": "exact, normalised against a background set", "grouping": grouping}
+        else:
+            found = find_pairs(vectors, threshold, method=search, nprobe=nprobe)
+            search_info = {**found.summary(), "grouping": grouping,
+                           "similarities": "approximate (decoded from lossy index codes)" if lossy else "exact"}
+            print(f"zoo: near duplicates by {found.recall_note}"
+                  + ("; similarities from lossy index codes are approximate" if lossy else ""), file=sys.stderr)
+            pairs, sims, nearest = found.pairs, found.sims, found.nearest
+        pair_rows = [(paths[a], paths[b], s) for (a, b), s in zip(pairs.tolist(), sims.tolist())]
+        groups = make_groups(len(paths), pairs, sims, grouping)
+        lo, hi = group_similarity_range(groups, len(paths), pairs, sims)
         near = [{"paths": [paths[i] for i in g], "min_similarity": float(a), "max_similarity": float(b)}
                 for g, a, b in zip(groups, lo, hi)]
-        hist = found.nearest[np.isfinite(found.nearest)]  # from the same search, no second pass
+        if nearest is not None:
+            hist = nearest[np.isfinite(nearest)]  # from the same search, no second pass
 
     exact_set = [sorted(g) for g in exact]
     result = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": str(images or index), "threshold": threshold, "model": model_desc,
+        **({"background": str(background), "background_k": background_k} if background is not None else {}),
         "exact_groups": exact_set, "near_groups": near, "search": search_info,
     }
     out.mkdir(parents=True, exist_ok=True)

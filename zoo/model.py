@@ -221,6 +221,14 @@ class ZooModel(L.LightningModule):
         self.log("val/hit@1", summary["hit@1"], prog_bar=True)
         self.log("val/p@10", summary["p@10"])
         self.log("val/map", summary["map"], prog_bar=True)
+        emb, labels = self.last_validation["embeddings"], self.last_validation["labels"]
+        if 2 <= len(emb) <= 4000:  # every pair: copy detection's precision/recall (zoo.pairs)
+            from zoo.pairs import pair_summary
+
+            pairs = pair_summary(emb, labels, precision=0.95)
+            if pairs["pair_ap"] == pairs["pair_ap"]:  # some positive pair
+                self.log("val/pair_ap", pairs["pair_ap"], prog_bar=True)
+                self.log("val/recall@p95", pairs["recall"])
         self.val_metrics.reset()
 
     def configure_optimizers(self):

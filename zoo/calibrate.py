@@ -1,0 +1,215 @@
+"""``zoo calibrate``: the similarity threshold at which a model's copy decisions reach a target
+precision, measured on the user's own photos.
+
+A seeded sample of the folder's images gets edited copies (the ``copyset`` edits of
+zoo.augment by default: three of crop, rotation, JPEG, colour, mirror, downscale); the model
+embeds originals and copies, and every pair of them is scored: (image, its copy) pairs are
+positives, all pairs of different images negatives. The lowest threshold with precision >=
+the target (the highest recall there) is written to a calibration file, keyed by the model's
+identity (architecture + weights id), where ``zoo duplicates --threshold auto`` finds it.
+Thresholds are per model: a similarity means nothing across models.
+
+File format (JSON)::
+
+    {"version": 1, "models": {"<architecture> | <weights id>": {"threshold": 0.83, "precision": ...,
+     "recall": ..., "precision_target": 0.95, "images": 200, "copies": 1, "edits": "copyset", ...}}}
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from zoo.errors import ZooError
+from zoo.io import refuse_overwrite, write_json
+from zoo.pairs import pair_scores, pr_curve, threshold_for_precision
+
+DEFAULT_FILE = "zoo-calibration.json"
+
+
+def model_key(architecture: str, weights: str) -> str:
+    return f"{architecture} | {weights}"
+
+
+def read_calibration(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        return {"version": 1, "models": {}}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            raise ValueError("no 'models' object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ZooError(f"{path} is not a zoo calibration file ({e})") from None
+    return data
+
+
+def lookup_threshold(path: str | Path, architecture: str, weights: str) -> float:
+    """The calibrated threshold of this model, or a ZooError telling how to make one."""
+    key = model_key(architecture, weights)
+    entry = read_calibration(path)["models"].get(key) if Path(path).exists() else None
+    if entry is None or not isinstance(entry.get("threshold"), (int, float)):
+        where = f"in {path}" if Path(path).exists() else f"({path} does not exist)"
+        raise ZooError(f"--threshold auto: no calibration for {architecture} (weights: {weights}) {where}; "
+                       f"run `zoo calibrate --images DIR` with the same model first (or pass --calibration FILE)")
+    return float(entry["threshold"])
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock beside ``path`` while its entries are merged."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def save_entry(path: str | Path, key: str, entry: dict, overwrite: bool) -> None:
+    """Merge one model's entry into the file atomically; another model's entries are kept,
+    this model's is replaced only with ``overwrite``."""
+    path = Path(path)
+    with locked(path):
+        data = read_calibration(path)
+        if key in data["models"] and not overwrite:
+            raise ZooError(f"{path} already holds a calibration for {key}; pass --overwrite to replace it")
+        data["models"][key] = entry
+        write_json(path, data)
+
+
+def pr_plot(curve: dict, chosen: dict, target: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(curve["recall"], curve["precision"], drawstyle="steps-post")
+    ax1.axhline(target, color="grey", ls=":", lw=1)
+    if chosen["threshold"] is not None:
+        ax1.plot([chosen["recall"]], [chosen["precision"]], "o", color="C3",
+                 label=f"threshold {chosen['threshold']:.3f}: recall {chosen['recall']:.2f}")
+        ax1.legend(loc="lower left")
+    ax1.set(xlabel="recall (copy pairs found)", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax2.plot(curve["threshold"], curve["precision"], label="precision")
+    ax2.plot(curve["threshold"], curve["recall"], label="recall")
+    if chosen["threshold"] is not None:
+        ax2.axvline(chosen["threshold"], color="C3", ls="--", lw=1)
+    ax2.set(xlabel="cosine similarity threshold", ylim=(0, 1.02))
+    ax2.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    from zoo.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def synthetic_copies(records, edits: Any, copies: int, seed: int, folder: Path) -> tuple[list, list[int]]:
+    """``copies`` seeded edited copies of each record, saved as PNG under ``folder``:
+    (copy records, group = index of the original)."""
+    from PIL import Image
+
+    from zoo.augment import make_copy
+    from zoo.data import Record
+
+    out, groups = [], []
+    for i, r in enumerate(records):
+        try:
+            with Image.open(r.path) as im:
+                im.draft("RGB", (1024, 1024))  # big JPEGs decode at a reduced size
+                image = im.convert("RGB")
+        except Exception as e:  # undecodable: the model run reports and skips it too
+            print(f"zoo: warning: cannot read {r.path} ({type(e).__name__}); no copy of it", file=sys.stderr)
+            continue
+        for c in range(copies):
+            copy = make_copy(image, edits, seed=seed * 1_000_003 + i * 101 + c)
+            p = folder / f"{i:06d}_{c}.png"
+            copy.save(p)
+            out.append(Record(str(p), None))
+            groups.append(i)
+    return out, groups
+
+
+def run_calibrate(model, images: str, sample: int = 200, precision: float = 0.95, edits: Any = "copyset",
+                  copies: int = 1, calibration: str = DEFAULT_FILE, plot: Optional[str] = None, seed: int = 0,
+                  overwrite: bool = False, trainer=None, batch_size: int = 32, num_workers: int = 0) -> dict:
+    from zoo.augment import resolve_spec
+    from zoo.data import scan_folder
+    from zoo.embed import embed
+
+    if not 0.0 < precision < 1.0:
+        raise ZooError(f"--precision {precision}: a target precision in (0, 1) is expected")
+    if sample < 2 or copies < 1:
+        raise ZooError(f"--sample {sample} --copies {copies}: at least 2 images and 1 copy each are needed")
+    resolve_spec(edits)
+    model = model.build()
+    key = model_key(model.architecture, model.weights_id)
+    cal_path = Path(calibration)
+    if cal_path.exists() and key in read_calibration(cal_path)["models"] and not overwrite:
+        raise ZooError(f"{cal_path} already holds a calibration for {key}; pass --overwrite to replace it")
+    plot_path = Path(plot) if plot else cal_path.with_name(
+        f"{cal_path.stem}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.png")
+    refuse_overwrite(plot_path, overwrite)
+
+    records = scan_folder(images)
+    chosen_records = random.Random(seed).sample(records, min(sample, len(records)))
+    with tempfile.TemporaryDirectory(prefix="zoo-calibrate-") as tmp:
+        copy_records, copy_groups = synthetic_copies(chosen_records, edits, copies, seed, Path(tmp))
+        emb = embed(model, [*chosen_records, *copy_records], trainer=trainer, batch_size=batch_size,
+                    num_workers=num_workers)
+    group_of = {r.path: i for i, r in enumerate(chosen_records)}
+    group_of.update({r.path: g for r, g in zip(copy_records, copy_groups)})
+    groups = np.array([group_of[r.path] for r in emb.records])
+    if len(set(groups.tolist())) < 2 or len(groups) == len(set(groups.tolist())):
+        raise ZooError(f"{images}: too few usable images to calibrate (need 2 or more)")
+    scores, positive = pair_scores(emb.vectors, groups)
+    curve = pr_curve(scores, positive)
+    chosen = threshold_for_precision(scores, positive, precision)
+    title = f"{model.architecture} ({model.weights_id}) on {len(set(groups.tolist()))} images of {images}"
+    pr_plot(curve, chosen, precision, plot_path, title)
+    n_pos = int(positive.sum())
+    if chosen["threshold"] is None:
+        raise ZooError(f"no threshold reaches precision {precision} with {key} on these copies "
+                       f"(best precision {curve['precision'].max():.3f}); see {plot_path}")
+    entry = {
+        "architecture": model.architecture, "weights": model.weights_id, "threshold": chosen["threshold"],
+        "precision_target": precision, "precision": chosen["precision"], "recall": chosen["recall"],
+        "positive_pairs": n_pos, "negative_pairs": int(len(positive) - n_pos),
+        "images": len(set(groups.tolist())), "copies": copies, "edits": edits, "seed": seed, "source": str(images),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "plot": str(plot_path),
+    }
+    save_entry(cal_path, key, entry, overwrite)
+    print(f"threshold {chosen['threshold']:.4f}: precision {chosen['precision']:.4f} (target {precision}), "
+          f"recall {chosen['recall']:.4f} of {n_pos} copy pairs, {chosen['fp']} false pair(s) among "
+          f"{len(positive) - n_pos} -> {cal_path} [{key}]")
+    print(f"zoo: precision/recall curve -> {plot_path}", file=sys.stderr)
+    return entry
+
+
+def calibrated_threshold(calibration: str | Path, model=None, index: Optional[str] = None) -> float:
+    """``--threshold auto``: the threshold calibrated for ``model``, or for the model that
+    built ``index``."""
+    if index is not None:
+        from zoo.index import load_index
+
+        meta = load_index(index).meta["model"]
+        architecture, weights = meta["architecture"], meta["weights"]
+    else:
+        model = model.build()
+        architecture, weights = model.architecture, model.weights_id
+    threshold = lookup_threshold(calibration, architecture, weights)
+    print(f"zoo: --threshold auto: {threshold:.4f} (calibrated for {architecture}, {calibration})", file=sys.stderr)
+    return threshold
