@@ -105,7 +105,7 @@ def default_search_params(index: faiss.Index) -> dict[str, int]:
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else faiss.downcast_index(index)
     ivf = faiss.try_extract_index_ivf(inner)
     if ivf is not None:
-        return {"nprobe": int(min(ivf.nlist, max(16, ivf.nlist // 32)))}
+        return {"nprobe": int(min(ivf.nlist, max(16, ivf.nlist // 128)))}
     if "HNSW" in type(inner).__name__:
         return {"efSearch": 128}
     return {}
