@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional

@@ -6,8 +6,6 @@ and optionally a W&B run.
 """
 from __future__ import annotations
 
-import csv
-import io
 import random
 import sys
 import time
@@ -25,7 +23,7 @@ from zoo.data import Record, scan_folder
 from zoo.embed import embed
 from zoo.errors import ZooError
 from zoo.index import Hit, ZooIndex
-from zoo.io import write_rows, atomic_path, write_json, write_text
+from zoo.io import write_json, write_rows, write_text
 from zoo.analysis import (BOOTSTRAP_RESAMPLES, TWIN_THRESHOLD, bootstrap_ci, query_diagnostics, twin_report,
                           twin_note, twin_warning, worst_queries)
 from zoo.metrics import KS, per_class, retrieval_metrics

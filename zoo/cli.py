@@ -20,7 +20,6 @@ import signal
 import sys
 import threading
 import warnings
-from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import lightning as L
@@ -28,11 +27,10 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from zoo.progress import StderrProgressBar
-
 from zoo.datamodule import ZooDataModule
 from zoo.errors import ZooError
 from zoo.model import ZooModel, load_model, model_config
+from zoo.progress import StderrProgressBar
 
 
 def resolve_model(model: ZooModel, backbone: Optional[str] = None, checkpoint: Optional[str] = None) -> ZooModel:
@@ -74,7 +72,7 @@ class ZooTrainer(L.Trainer):
             factory: FAISS index_factory string (Flat = exact; e.g. HNSW32, IVF1024,Flat, IVF1024,SQ8,
                 SQfp16), or auto: Flat below 50k images, else IVF (Flat/SQ8/PQ codes by memory).
             overwrite: replace an existing index.
-            update: add only files the existing index does not hold.
+            update: bring the index up to date with its folder: new and changed files, removed ones.
             video: index this video's frames instead of a folder.
             every: with --video, keep every N-th frame.
         """
@@ -124,11 +122,10 @@ class ZooTrainer(L.Trainer):
             backbone: embed queries with this backbone (must match the index's).
             checkpoint: embed queries with this trained checkpoint (must match the index's).
         """
-        from zoo.index import load_index
+        from zoo.index import check_k, load_index
         from zoo.io import refuse_overwrite
 
-        if k < 1:
-            raise ZooError(f"-k {k}: the number of results must be 1 or more")
+        check_k(k)
         if grid:
             refuse_overwrite(grid, overwrite)
         idx = load_index(index)

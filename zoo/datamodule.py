@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from functools import partial
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import lightning as L
 import torch

@@ -17,17 +17,14 @@ import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
 
-import faiss
 import numpy as np
 
 from zoo.data import scan_folder
 from zoo.errors import ZooError
-from zoo.indexdir import check_writable_dir
-from zoo.io import atomic_path, write_json
+from zoo.io import atomic_path, check_writable_dir, write_json
 from zoo.pairsearch import (check_search_options, component_groups, exact_search, find_pairs, group_similarity_range,
-                            index_vectors, make_groups, unit_rows)
+                            make_groups, unit_rows)
 
 
 # ---- exact duplicates ---------------------------------------------------------------------
@@ -97,18 +94,8 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     if index is not None:
         idx = load_index(index)
         root = idx.root
-        if isinstance(idx.index, faiss.IndexIDMap2):  # a view on Flat storage, else decoded once
-            vectors, lossy = index_vectors(faiss.downcast_index(idx.index.index))
-            ids = faiss.vector_to_array(idx.index.id_map)  # row i of vectors is item ids[i]
-        else:  # an inverted file: decoded by id, a chunk at a time
-            from zoo.index import stored_vectors
-
-            parts = list(stored_vectors(idx.index))
-            ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-            vectors = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, idx.dim), np.float32)
-            lossy = "Flat" not in str(idx.meta["factory"]).split(",")[-1]
-        rows = idx.store.get(ids.tolist())
-        paths = [idx._item(rows[int(i)])["path"] for i in ids]
+        ids, vectors, lossy = idx.vectors()
+        paths = idx.paths_of(ids)
         model_desc = idx.describe()
     else:
         root = Path(os.path.abspath(images))
@@ -215,23 +202,10 @@ def check_quarantine_target(dest: Path, root: Path) -> None:
 
 def components(groups: list[list[str]]) -> list[list[str]]:
     """Groups that share a file merged into one (exact and near groups can overlap)."""
-    parent: dict[str, str] = {}
-
-    def find(a: str) -> str:
-        while parent.setdefault(a, a) != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for g in groups:
-        for p in g[1:]:
-            ra, rb = find(g[0]), find(p)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    merged = defaultdict(list)
-    for p in parent:
-        merged[find(p)].append(p)
-    return sorted(sorted(g) for g in merged.values() if len(g) > 1)
+    paths = sorted({p for g in groups for p in g})
+    at = {p: i for i, p in enumerate(paths)}
+    edges = np.array([(at[g[0]], at[p]) for g in groups for p in g[1:]], np.int64).reshape(-1, 2)
+    return sorted(sorted(paths[i] for i in c) for c in connected_components(len(paths), edges))
 
 
 def best_file(paths: list[str]) -> str:

@@ -21,6 +21,7 @@ import datetime as _dt
 import json
 import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,11 @@ class Hit:
     frame: Optional[int] = None
     time: Optional[float] = None
     id: Optional[int] = None  # the item's id in its index
+
+
+def check_k(k: int) -> None:
+    if k < 1:
+        raise ZooError(f"-k {k}: the number of results must be 1 or more")
 
 
 def faiss_reason(e: Exception) -> str:
@@ -102,11 +108,10 @@ def auto_factory(n: int, dim: int, memory_bytes: Optional[int] = None) -> str:
 
 def default_search_params(index: faiss.Index) -> dict[str, int]:
     """Search-time settings for a recall@10 near 0.95 (measured in benchmarks/index_scale.py)."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else faiss.downcast_index(index)
-    ivf = faiss.try_extract_index_ivf(inner)
+    ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         return {"nprobe": int(min(ivf.nlist, max(16, ivf.nlist // 128)))}
-    if "HNSW" in type(inner).__name__:
+    if isinstance(index, faiss.IndexIDMap2) and "HNSW" in type(faiss.downcast_index(index.index)).__name__:
         return {"efSearch": 128}
     return {}
 
@@ -197,8 +202,6 @@ class ZooIndex:
         return out
 
     def relative(self, path: str) -> str:
-        if self.root is None:  # the first items decide where the index's root is
-            self.root = common_root([Record(path)])
         prefix = str(self.root).rstrip(os.sep) + os.sep
         if not path.startswith(prefix):
             raise ZooError(f"{path} is outside the index's root {self.root}")
@@ -211,7 +214,7 @@ class ZooIndex:
         if vectors.shape[1] != self.dim:
             raise ZooError(f"embeddings of dim {vectors.shape[1]} cannot go into an index of dim {self.dim}")
         x = _normalised(vectors)
-        if self.root is None:
+        if self.root is None:  # the first items decide where the index's root is
             self.root = common_root(records)
         if not self.index.is_trained:  # on a seeded sample: k-means needs ~40-256 points a list, not all
             ivf = faiss.try_extract_index_ivf(self.index)
@@ -288,6 +291,24 @@ class ZooIndex:
     def paths(self) -> list[str]:
         return [it["path"] for it in self.items]
 
+    def vectors(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Every stored vector: ids (N,), vectors (N, D) float32, and whether they are decoded
+        from lossy codes (SQ/PQ). Flat storage is a view on the index's memory, not a copy."""
+        from zoo.pairsearch import index_vectors
+
+        if isinstance(self.index, faiss.IndexIDMap2):
+            vectors, lossy = index_vectors(faiss.downcast_index(self.index.index))
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64), vectors, lossy
+        parts = list(stored_vectors(self.index))  # an inverted file: decoded by id, a chunk at a time
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        vectors = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.dim), np.float32)
+        return ids, vectors, not isinstance(faiss.extract_index_ivf(self.index), faiss.IndexIVFFlat)
+
+    def paths_of(self, ids: Sequence[int]) -> list[str]:
+        """Absolute paths of the items ``ids``, in that order."""
+        rows = self.store.get(list(map(int, ids)))
+        return [self._item(rows[int(i)])["path"] for i in ids]
+
     @property
     def skipped(self) -> list[tuple[str, str]]:
         """(absolute path, reason) of the files that could not be used."""
@@ -353,8 +374,7 @@ class ZooIndex:
 
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) queries -> similarities (Q, k) and item ids (Q, k); ids of -1 are empty slots."""
-        if k < 1:
-            raise ZooError(f"-k {k}: the number of results must be 1 or more")
+        check_k(k)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ZooError(f"query embeddings have dim {queries.shape[-1]}, the index has dim {self.dim} ({self.describe()})")
         k = min(k, len(self)) or 1
@@ -377,8 +397,7 @@ class ZooIndex:
         unusable ones are reported and left out, so each result stays tied to its query."""
         from zoo.embed import embed, require_some
 
-        if k < 1:
-            raise ZooError(f"-k {k}: the number of results must be 1 or more")
+        check_k(k)
         model = model or self.model()
         self.check_model(model)
         emb = embed(model, records_from(list(images)), trainer=trainer)
@@ -402,7 +421,8 @@ class ZooIndex:
             indexdir.check_target(path, overwrite, update=False)
             with indexdir.locked(path):
                 return self.save(path, overwrite, _locked=True)
-        indexdir.clean_stale(path) if path.is_dir() else None
+        if path.is_dir():
+            indexdir.clean_stale(path)  # what an earlier crash left, before this adds more
         tmp, name = indexdir.new_version(path)
         try:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
@@ -420,15 +440,11 @@ class ZooIndex:
                     try:
                         os.link(self.folder / "model.safetensors", tmp / "model.safetensors")
                     except OSError:
-                        import shutil
-
                         shutil.copyfile(self.folder / "model.safetensors", tmp / "model.safetensors")
             with open(tmp / "meta.json", "w") as f:
                 json.dump(meta, f, indent=1)
             final = indexdir.commit_version(path, tmp, name)
         except BaseException:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.folder = final
@@ -474,9 +490,7 @@ class ZooIndex:
 
     def writable_copy(self) -> "ZooIndex":
         """This index with an in-memory item table, for an update."""
-        store = ItemStore()
-        self.store.db.backup(store.db)
-        out = ZooIndex(self.index, self.meta, store, self.root, self.folder)
+        out = ZooIndex(self.index, self.meta, self.store.copy(), self.root, self.folder)
         out._model = self._model
         return out
 
@@ -558,7 +572,7 @@ def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int
     index = ZooIndex.load(out, mmap=False).writable_copy()
     if images is not None and Path(os.path.realpath(images)) != Path(os.path.realpath(index.root)):
         raise ZooError(f"{out} indexes {index.root}; --update rescans that folder (give no --images, or that one)")
-    if any(r["frame"] is not None for r in index.store.rows(batch=1)):
+    if index.store.has_frames():
         raise ZooError(f"{out} indexes video frames; --update works on image folders (rebuild it with --overwrite)")
     if model is not None:
         index.check_model(model.build())

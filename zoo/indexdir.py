@@ -21,23 +21,16 @@ import sys
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 from zoo.errors import ZooError
+from zoo.io import check_writable_dir, fsync_dir
 
 MARKER = "ZOO_INDEX.json"
 LOCK = ".lock"
 FORMAT = 2
 _VERSION = re.compile(r"^v-\d{6}$")
 _TEMP = re.compile(r"^\.tmp-[0-9a-f]{32}$")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_marker(path: Path) -> dict:
@@ -91,24 +84,6 @@ def check_target(out: Path, overwrite: bool, update: bool, sources: tuple[Path, 
     elif update:
         raise ZooError(f"--update needs an existing index; {out} does not exist")
     check_writable_dir(out)
-
-
-def check_writable_dir(folder: Path, what: str = "") -> None:
-    """The folder, or the nearest existing parent it would be created in, must take new files
-    (tried for real: permission bits say nothing for root or on a read-only file system)."""
-    import tempfile
-
-    p = Path(os.path.abspath(folder))
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir():
-        raise ZooError(f"cannot write {what or folder}: {p} is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(dir=p, prefix=".zoo-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ZooError(f"cannot write {what or folder}: {p} is not writable ({e.strerror})") from None
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Atomic file writes and the no-overwrite rule."""
+"""Atomic file writes, the no-overwrite rule, and where files can be written."""
 from __future__ import annotations
 
 import contextlib
@@ -10,10 +10,34 @@ from typing import Any, Iterator
 from zoo.errors import ZooError
 
 
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_writable_dir(folder: Path, what: str = "") -> None:
+    """The folder, or the nearest existing parent it would be created in, must take new files
+    (tried for real: permission bits say nothing for root or on a read-only file system)."""
+    import tempfile
+
+    p = Path(os.path.abspath(folder))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise ZooError(f"cannot write {what or folder}: {p} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".zoo-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ZooError(f"cannot write {what or folder}: {p} is not writable ({e.strerror})") from None
+
+
 def refuse_overwrite(path: str | Path, overwrite: bool) -> None:
     """Refuse to replace ``path`` without --overwrite, or to write where nothing can be written."""
-    from zoo.indexdir import check_writable_dir
-
     path = Path(path)
     if path.exists() and not overwrite:
         raise ZooError(f"{path} already exists; pass --overwrite to replace it")
@@ -31,8 +55,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-        from zoo.indexdir import fsync_dir
-
         fsync_dir(path.parent)
     finally:
         if tmp.exists():

@@ -7,25 +7,23 @@ import sys
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 
+def _on_stderr(name: str):
+    """TQDMProgressBar's ``name`` method, with the bar it makes writing to stderr (Lightning
+    passes ``file=sys.stdout`` when it creates each bar)."""
+    make = getattr(TQDMProgressBar, name)
+
+    def init(self):
+        with contextlib.redirect_stdout(sys.stderr):
+            return make(self)
+
+    return init
+
+
 class StderrProgressBar(TQDMProgressBar):
     """Lightning's progress bar on stderr: stdout carries results only."""
 
-    def init_sanity_tqdm(self):
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_sanity_tqdm()
-
-    def init_train_tqdm(self):
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_train_tqdm()
-
-    def init_predict_tqdm(self):
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_predict_tqdm()
-
-    def init_validation_tqdm(self):
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_validation_tqdm()
-
-    def init_test_tqdm(self):
-        with contextlib.redirect_stdout(sys.stderr):
-            return super().init_test_tqdm()
+    init_sanity_tqdm = _on_stderr("init_sanity_tqdm")
+    init_train_tqdm = _on_stderr("init_train_tqdm")
+    init_predict_tqdm = _on_stderr("init_predict_tqdm")
+    init_validation_tqdm = _on_stderr("init_validation_tqdm")
+    init_test_tqdm = _on_stderr("init_test_tqdm")

@@ -80,6 +80,12 @@ class ItemStore:
         finally:
             dest.close()
 
+    def copy(self) -> "ItemStore":
+        """A writable in-memory copy (for an update of a read-only store)."""
+        out = ItemStore()
+        self.db.backup(out.db)
+        return out
+
     def close(self) -> None:
         self.db.close()
 
@@ -108,6 +114,10 @@ class ItemStore:
             for row in chunk:
                 yield dict(zip(COLUMNS, row))
             last = chunk[-1][0]
+
+    def has_frames(self) -> bool:
+        """True if any item is a video frame."""
+        return self.db.execute("SELECT 1 FROM items WHERE frame IS NOT NULL LIMIT 1").fetchone() is not None
 
     def max_id(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(id), -1) FROM items").fetchone()[0]

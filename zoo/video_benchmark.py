@@ -25,7 +25,7 @@ from zoo.data import Record, records_from
 from zoo.embed import embed
 from zoo.errors import ZooError
 from zoo.index import Hit
-from zoo.io import write_rows, atomic_path, write_json, write_text
+from zoo.io import atomic_path, write_json, write_rows, write_text
 from zoo.resources import PeakMemory, timer
 
 TRUTH_FILE = "truth.csv"
