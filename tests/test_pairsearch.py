@@ -153,7 +153,11 @@ def test_cli_duplicates_exact_and_approximate(shapes_dir, tmp_path, zoo_cli):
         assert (out / "nearest_similarity.png").is_file()
     assert runs["--exact"]["search"]["method"] == "exact" and runs["--approximate"]["search"]["method"] == "ivf"
     assert runs["--approximate"]["search"]["grouping"] == "components"
-    assert runs["--exact"]["near_groups"] == runs["--approximate"]["near_groups"]
+    exact, approximate = runs["--exact"]["near_groups"], runs["--approximate"]["near_groups"]
+    assert [g["paths"] for g in exact] == [g["paths"] for g in approximate]  # the same groups
+    for e, a in zip(exact, approximate):  # the similarities, up to float rounding of the two searches
+        assert e["min_similarity"] == pytest.approx(a["min_similarity"], abs=1e-6)
+        assert e["max_similarity"] == pytest.approx(a["max_similarity"], abs=1e-6)
     pair = {str(shapes_dir / "square" / "001.png"), str(shapes_dir / "square" / "small.png")}
     assert any(pair <= set(g["paths"]) for g in runs["--exact"]["near_groups"])
     code, _, err = zoo_cli("duplicates", "--images", shapes_dir, "--exact", "--approximate", "--out", tmp_path / "x", *TINY)

@@ -60,9 +60,16 @@ class ZooTrainer(L.Trainer):
         every: int = 1,
         batch_size: int = 32,
         num_workers: int = 2,
+        decode: str = "auto",
+        shard_size: int = 4096,
         datamodule: Any = None,
     ) -> None:
         """Embed a folder of images (or a video's frames) into a persistent FAISS index.
+
+        Embeddings stream to shards inside --out as they are made, so memory does not grow with
+        the number of images and a stopped run, started again with the same command, resumes
+        from its last complete shard. With --trainer.devices N (and --trainer.num_nodes, with
+        --out on a shared file system) every process embeds its part.
 
         Args:
             images: folder of images (recursive; class = parent folder name).
@@ -75,6 +82,13 @@ class ZooTrainer(L.Trainer):
             update: bring the index up to date with its folder: new and changed files, removed ones.
             video: index this video's frames instead of a folder.
             every: with --video, keep every N-th frame.
+            batch_size: images per forward pass (on a GPU, 256 or more keeps it busy).
+            num_workers: loader processes that read and decode files (on a GPU machine, about
+                the number of CPU cores).
+            decode: where JPEGs are decoded: auto (on the GPU when the model runs on CUDA, else
+                in the loader workers), cpu, or device. Files the device cannot decode (PNG,
+                progressive JPEG, EXIF-rotated, ...) are decoded by the workers in the same run.
+            shard_size: embeddings per shard written to disk (the most a crash can lose).
         """
         from zoo.index import build_index
 
@@ -91,7 +105,10 @@ class ZooTrainer(L.Trainer):
         index = build_index(
             records, None if update else resolve_model(model, backbone, checkpoint), out=out, factory=factory,
             overwrite=overwrite, update=update, trainer=self, batch_size=batch_size, num_workers=num_workers,
+            decode=decode, shard_size=shard_size,
         )
+        if index is None:  # another process of a multi-device run: the first one builds the index
+            return
         print(f"zoo: indexed {len(index)} items of {index.root} with {index.describe()} -> {out}")
 
     def search(
@@ -448,7 +465,12 @@ class ZooCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand not in TRAINING_COMMANDS:  # no runs/lightning_logs for index, search, ...
-            self.config[self.subcommand].trainer.logger = False
+            trainer = self.config[self.subcommand].trainer
+            trainer.logger = False
+            if trainer.precision is None:  # inference on a GPU: bf16 autocast unless asked otherwise
+                from zoo.embed import inference_precision
+
+                trainer.precision = inference_precision(trainer.accelerator)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -627,7 +649,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def saved_argv_name() -> str:
-    return "zoo"
+    """The program's path when it is a script file (Lightning's multi-device launcher starts the
+    other processes with it), else "zoo"."""
+    import os
+
+    name = sys.argv[0] if sys.argv else ""
+    return name if os.path.isfile(name) and os.path.basename(name) == "zoo" else "zoo"
 
 
 if __name__ == "__main__":

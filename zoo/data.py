@@ -101,11 +101,14 @@ def records_from(inputs: Sequence[str | Path]) -> list[Record]:
     return records
 
 
-def load_image(path: str | Path, draft_size: Optional[int] = None) -> Image.Image:
-    """Decode any image Pillow knows into 8-bit RGB, upright. Raises ValueError(reason)."""
-    path = Path(path)
+def load_image(path: str | Path | bytes, draft_size: Optional[int] = None) -> Image.Image:
+    """Decode any image Pillow knows (a file, or its bytes) into 8-bit RGB, upright.
+    Raises ValueError(reason)."""
+    import io
+
+    path = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (path.getbuffer().nbytes if isinstance(path, io.BytesIO) else path.stat().st_size) == 0:
             raise ValueError("empty file")
         # Pillow's decompression-bomb guard stays on; its warning (over MAX_IMAGE_PIXELS) skips too
         with warnings.catch_warnings():
@@ -147,18 +150,37 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 class ImageDataset(Dataset):
-    """records -> {"image": (3, H, W) tensor, "index": i} or None when undecodable."""
+    """records -> {"image": (3, H, W) tensor, "index": i}, or {"index": i, "error": reason}
+    when undecodable.
 
-    def __init__(self, records: Sequence[Record], transform: Callable, draft_size: Optional[int] = None):
+    indices: the positions in ``records`` to serve (default all); "index" is the position.
+    jpeg_bytes: hand over the file's bytes ({"jpeg": uint8 array}) instead of pixels when the
+    file is a JPEG the device can decode (zoo.decode); other files are decoded here as usual.
+    """
+
+    def __init__(self, records: Sequence[Record], transform: Callable, draft_size: Optional[int] = None,
+                 indices: Optional[Sequence[int]] = None, jpeg_bytes: bool = False):
         self.records = list(records)
         self.transform = transform
         self.draft_size = draft_size
+        self.indices = list(range(len(self.records))) if indices is None else list(indices)
+        self.jpeg_bytes = jpeg_bytes
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, n: int):
+        i = self.indices[n]
         r = self.records[i]
+        if self.jpeg_bytes and r.image is None:
+            from zoo.decode import device_decodable, read_bytes
+
+            try:
+                data = read_bytes(r.path)
+            except OSError as e:
+                return {"index": i, "error": f"cannot read ({e.strerror})"}
+            if device_decodable(data.tobytes()):
+                return {"index": i, "jpeg": data}
         try:
             image = r.image if r.image is not None else load_image(r.path, self.draft_size)
         except ValueError as e:
@@ -170,9 +192,15 @@ def collate(items: list[dict], pairs: bool = False) -> dict:
     """Batch the decodable items; keep (index, reason) of the others in ``skipped``.
 
     pairs: each item holds two views (2, ...) that become two rows of the batch.
+    Items that carry JPEG bytes (ImageDataset's jpeg_bytes) go to ``jpeg`` (a list of uint8
+    arrays, which stay on the CPU for the device decoder) with their ``jpeg_index``.
     """
-    good = [it for it in items if "error" not in it]
+    jpegs = [it for it in items if "jpeg" in it]
+    good = [it for it in items if "error" not in it and "jpeg" not in it]
     out: dict = {"skipped": [(it["index"], it["error"]) for it in items if "error" in it]}
+    if jpegs:
+        out["jpeg"] = [it["jpeg"] for it in jpegs]
+        out["jpeg_index"] = torch.tensor([it["index"] for it in jpegs], dtype=torch.long)
     for key in good[0].keys() if good else ("image", "index"):
         values = [torch.as_tensor(it[key]) for it in good]
         if not values:

@@ -60,12 +60,22 @@ class EmbeddingWriter(BasePredictionWriter):
 
 
 def default_trainer(progress: bool = True) -> L.Trainer:
+    """One device; on a GPU, bf16 autocast where the card has it (zoo.cli does the same for
+    the commands)."""
     from zoo.progress import StderrProgressBar
 
     return L.Trainer(
-        accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+        accelerator="auto", devices=1, logger=False, enable_checkpointing=False, precision=inference_precision("auto"),
         enable_model_summary=False, enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
     )
+
+
+def inference_precision(accelerator: str) -> Optional[str]:
+    """bf16-mixed when the run will be on a CUDA device that computes in bf16, else None
+    (Lightning's default, 32-true)."""
+    if str(accelerator) not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return None
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 def ignore_sigint(worker_id: int) -> None:
@@ -77,8 +87,46 @@ def ignore_sigint(worker_id: int) -> None:
 
 
 def eval_transform(model: ZooModel):
-    """The model's own preprocessing (timm data config -> timm transform)."""
+    """The model's own preprocessing (timm data config -> timm transform): (3, H, W) float32,
+    normalised."""
     return timm.data.create_transform(**model.data_config, is_training=False)
+
+
+def pixel_transform(model: ZooModel):
+    """The same resize and crop, handing over (3, H, W) uint8 (timm's prefetcher form); the
+    model normalises on its device (ZooModel.on_after_batch_transfer)."""
+    return timm.data.create_transform(**model.data_config, is_training=False, use_prefetcher=True)
+
+
+def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, batch_size: int, num_workers: int,
+                decode: str = "auto", indices: Optional[Sequence[int]] = None) -> tuple[DataLoader, str]:
+    """A loader of uint8 pixels (or JPEG bytes, when decoding on the device) for ``records``;
+    and the decode mode it uses."""
+    from zoo.decode import resolve_decode
+
+    if batch_size < 1:
+        raise ZooError(f"--batch_size {batch_size}: must be 1 or more")
+    if num_workers < 0:
+        raise ZooError(f"--num_workers {num_workers}: must be 0 or more")
+    device = trainer.strategy.root_device
+    mode = resolve_decode(decode, device)
+    if mode == "device" and not model.device_preprocess.can_decode:
+        mode = "cpu"  # a non-square or non-centre crop: timm's transform on the CPU
+    cfg = model.data_config
+    draft = int(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0) + 1)
+    dataset = ImageDataset(records, pixel_transform(model), draft_size=draft, indices=indices, jpeg_bytes=mode == "device")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                        persistent_workers=False, pin_memory=device.type == "cuda",
+                        worker_init_fn=ignore_sigint if num_workers > 0 else None)
+    return loader, mode
+
+
+def describe_run(trainer: L.Trainer, model: ZooModel, n: int, mode: str, batch_size: int, num_workers: int) -> str:
+    device = trainer.strategy.root_device
+    devices = f"{trainer.world_size} x {device.type}" if trainer.world_size > 1 else str(device)
+    layout = ", channels_last" if model.channels_last or (model.channels_last is None and device.type == "cuda") else ""
+    return (f"zoo: embedding {n} images on {devices}, precision {trainer.precision}{layout}, "
+            f"decoding on the {'device' if mode == 'device' else 'CPU'}, batch {batch_size}, {num_workers} loader workers")
 
 
 def embed(
@@ -88,17 +136,14 @@ def embed(
     batch_size: int = 32,
     num_workers: int = 0,
     report: bool = True,
+    decode: str = "auto",
 ) -> Embeddings:
-    """Embed ``records`` with ``model``; undecodable files are skipped and reported once."""
+    """Embed ``records`` with ``model``, in memory; undecodable files are skipped and reported
+    once. (``zoo index`` streams to disk instead: embed_to_shards.)"""
     model.build()
     records = list(records)
-    cfg = model.data_config
-    draft = int(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0) + 1)
-    dataset = ImageDataset(records, eval_transform(model), draft_size=draft)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                        persistent_workers=False, pin_memory=False,
-                        worker_init_fn=ignore_sigint if num_workers > 0 else None)
     trainer = trainer or default_trainer()
+    loader, _ = make_loader(model, records, trainer, batch_size, num_workers, decode)
     writer = EmbeddingWriter()
     trainer.callbacks.append(writer)
     try:
@@ -110,6 +155,44 @@ def embed(
     if report and skipped:
         report_skipped(skipped)
     return Embeddings(vectors, [records[i] for i in idx], skipped)
+
+
+def embed_to_shards(
+    model: ZooModel,
+    records: Sequence[Record],
+    job,
+    trainer: Optional[L.Trainer] = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    decode: str = "auto",
+    shard_rows: int = 4096,
+) -> None:
+    """Embed the records that ``job`` (zoo.shards.ShardJob) does not hold yet into its shards.
+
+    Every process of a multi-device run calls this with the same records: each embeds its
+    part (Lightning's distributed sampler) and writes its own shards; nothing is gathered.
+    """
+    from zoo.shards import ShardWriter, is_primary_process
+
+    if shard_rows < 1:
+        raise ZooError(f"--shard_size {shard_rows}: must be 1 or more")
+    model.build()
+    trainer = trainer or default_trainer()
+    todo = job.remaining()
+    done = len(records) - len(todo)
+    if is_primary_process() and done:
+        print(f"zoo: resuming: {done} of {len(records)} images were embedded by an earlier run", file=sys.stderr, flush=True)
+    if not todo:
+        return
+    loader, mode = make_loader(model, records, trainer, batch_size, num_workers, decode, indices=todo)
+    if is_primary_process():
+        print(describe_run(trainer, model, len(todo), mode, batch_size, num_workers), file=sys.stderr, flush=True)
+    writer = ShardWriter(job, rows=shard_rows)
+    trainer.callbacks.append(writer)
+    try:
+        trainer.predict(model, dataloaders=loader, return_predictions=False)
+    finally:
+        trainer.callbacks.remove(writer)
 
 
 def report_skipped(skipped: list[tuple[str, str]]) -> None:

@@ -216,15 +216,8 @@ class ZooIndex:
         x = _normalised(vectors)
         if self.root is None:  # the first items decide where the index's root is
             self.root = common_root(records)
-        if not self.index.is_trained:  # on a seeded sample: k-means needs ~40-256 points a list, not all
-            ivf = faiss.try_extract_index_ivf(self.index)
-            n_train = min(len(x), max(100_000, 64 * ivf.nlist) if ivf is not None else 100_000)
-            sample = x if n_train == len(x) else x[np.sort(np.random.default_rng(0).choice(len(x), n_train, replace=False))]
-            try:
-                self.index.train(sample)
-            except RuntimeError as e:
-                raise ZooError(f"cannot train index '{self.meta['factory']}' on {len(sample)} vectors: {faiss_reason(e)}") from None
-
+        if not self.index.is_trained:
+            self.train(lambda rows: vectors[rows], len(x))
         ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
         self.index.add_with_ids(x, ids)
         self._next_id += len(x)
@@ -234,6 +227,29 @@ class ZooIndex:
             rows.append((i, self.relative(r.path), r.label, r.frame, r.time, size, mtime))
         self.store.add(rows)
         return ids
+
+    def train(self, take, n: int) -> None:
+        """Train an inverted file or codes on a seeded sample of the ``n`` vectors to be added
+        (k-means needs ~40-256 points a list, not all): ``take(rows)`` gives those rows."""
+        ivf = faiss.try_extract_index_ivf(self.index)
+        n_train = min(n, max(100_000, 64 * ivf.nlist) if ivf is not None else 100_000)
+        rows = np.arange(n) if n_train == n else np.sort(np.random.default_rng(0).choice(n, n_train, replace=False))
+        sample = _normalised(take(rows))
+        try:
+            self.index.train(sample)
+        except RuntimeError as e:
+            raise ZooError(f"cannot train index '{self.meta['factory']}' on {len(sample)} vectors: {faiss_reason(e)}") from None
+
+    def add_shards(self, job, records: Sequence[Record]) -> None:
+        """Add what ``job`` (zoo.shards.ShardJob) embedded for ``records``, in record order and a
+        chunk at a time: the same index as adding all vectors at once, in O(chunk) memory."""
+        n = job.count()
+        if n and not self.index.is_trained:
+            self.train(job.gather, n)
+        for positions, vectors in job.ordered():
+            self.add(vectors, [records[p] for p in positions])
+        self.store.set_skipped((self.relative(records[p].path), reason, *file_state(records[p].path))
+                               for p, reason in job.skipped())
 
     def remove(self, ids: Sequence[int]) -> None:
         if len(ids) == 0:
@@ -520,45 +536,64 @@ def build_index(
     trainer: Optional[L.Trainer] = None,
     batch_size: int = 32,
     num_workers: int = 0,
+    decode: str = "auto",
+    shard_size: int = 4096,
     **model_kwargs,
-) -> ZooIndex:
+) -> Optional[ZooIndex]:
     """Embed images (a folder, files, or records) and index them; saved to ``out`` if given.
 
     ``model``: a ZooModel, or None to build ``ZooModel(**model_kwargs)`` (e.g. backbone="vgg16").
     ``update``: bring ``out`` up to date with its root folder: embed new and changed files,
     drop the ones that disappeared, with the index's own model.
+
+    With ``out``, embeddings stream to shards inside it (zoo.shards) and the index is built
+    from them afterwards: memory stays O(batch), a stopped run resumes where it stopped, and
+    in a multi-device run every process embeds its part; only the first returns the index
+    (the others return None).
     """
     from zoo.model import ZooModel
+    from zoo.shards import is_primary_process
 
     out_path = Path(os.path.abspath(out)) if out is not None else None
+    run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size)
+    primary = is_primary_process()
     if update:
         if out_path is None:
             raise ZooError("--update needs --out, the index to update")
+        if not primary:  # rank 0 holds the lock; this process embeds its part of the same work
+            return _update(out_path, images, model, **run)
         indexdir.check_target(out_path, overwrite=False, update=True)
         with indexdir.locked(out_path):
-            return _update(out_path, images, model, trainer, batch_size, num_workers)
+            return _update(out_path, images, model, **run)
     sources = (Path(images),) if isinstance(images, (str, os.PathLike)) else ()
-    if out_path is not None:
+    if out_path is not None and primary:
         indexdir.check_target(out_path, overwrite, update=False, sources=sources)  # before any expensive work
     records, root = _records(images, exclude=out_path)
     model = (model or ZooModel(**model_kwargs)).build()
     index = ZooIndex.create(model, factory, root=root or common_root(records), expected=len(records))
+    if out_path is None:
+        return _embed_into(index, model, records, trainer, batch_size, num_workers, decode, require=True)
+    if not primary:
+        _embed_shards(index, out_path, model, records, **run)
+        return None
     if factory == "auto":
         print(f"zoo: --factory auto: {index.meta['factory']} for {len(records)} files of dim {model.embedding_dim}", file=sys.stderr)
-    if out_path is None:
-        return _embed_into(index, model, records, trainer, batch_size, num_workers, require=True)
     with indexdir.locked(out_path):
         indexdir.check_target(out_path, overwrite, update=False, sources=sources)  # again, now under the lock
-        _embed_into(index, model, records, trainer, batch_size, num_workers, require=True)
+        job = _embed_shards(index, out_path, model, records, **run)
+        if len(index) == 0:
+            job.remove()
+            raise ZooError("no usable images to index")
         index.save(out_path, overwrite=True, _locked=True)
+        job.remove()
     return index
 
 
 def _embed_into(index: ZooIndex, model, records: list[Record], trainer, batch_size: int, num_workers: int,
-                require: bool = False) -> ZooIndex:
+                decode: str = "auto", require: bool = False) -> ZooIndex:
     from zoo.embed import embed
 
-    emb = embed(model, records, trainer=trainer, batch_size=batch_size, num_workers=num_workers) if records else None
+    emb = embed(model, records, trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode) if records else None
     if emb is None or len(emb.records) == 0:
         if require:
             raise ZooError("no usable images to index")
@@ -568,7 +603,33 @@ def _embed_into(index: ZooIndex, model, records: list[Record], trainer, batch_si
     return index
 
 
-def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int) -> ZooIndex:
+def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trainer, batch_size: int,
+                  num_workers: int, decode: str, shard_size: int):
+    """Embed ``records`` into shards in ``out`` (resuming an earlier run of the same job); the
+    first process then adds them to ``index``. Returns the job."""
+    from zoo.embed import embed_to_shards, report_skipped
+    from zoo.shards import ShardJob, is_primary_process, job_key
+
+    job = ShardJob(out, job_key(model_identity(model), records), len(records))
+    primary = is_primary_process()
+    if primary:
+        job.prepare()
+    if records:
+        embed_to_shards(model, records, job, trainer=trainer, batch_size=batch_size, num_workers=num_workers,
+                        decode=decode, shard_rows=shard_size)
+    if primary and records:
+        index.add_shards(job, records)
+        skipped = [(records[p].path, reason) for p, reason in job.skipped()]
+        if skipped:
+            report_skipped(skipped)
+    return job
+
+
+def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int, decode: str = "auto",
+            shard_size: int = 4096) -> Optional[ZooIndex]:
+    from zoo.shards import is_primary_process
+
+    primary = is_primary_process()
     index = ZooIndex.load(out, mmap=False).writable_copy()
     if images is not None and Path(os.path.realpath(images)) != Path(os.path.realpath(index.root)):
         raise ZooError(f"{out} indexes {index.root}; --update rescans that folder (give no --images, or that one)")
@@ -597,6 +658,10 @@ def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int
         else:
             new.append(r)
     gone = [row["id"] for rel, row in known.items() if rel not in seen]
+    run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size)
+    if not primary:
+        _embed_shards(index, out, model, new, **run)
+        return None
     index.remove(gone + changed)
     index.store.unskip([p for p in skipped if p not in seen] + retried)
     still_bad = sum(1 for p in skipped if p in seen) - len(retried)
@@ -604,6 +669,7 @@ def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int
           f"{len(gone)} removed file(s); {len(known)} indexed before"
           + (f"; {still_bad} unusable file(s) unchanged since they were reported" if still_bad else ""),
           file=sys.stderr, flush=True)
-    _embed_into(index, model, new, trainer, batch_size, num_workers)
+    job = _embed_shards(index, out, model, new, **run)
     index.save(out, _locked=True)
+    job.remove()
     return index

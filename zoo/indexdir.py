@@ -4,6 +4,7 @@
       ZOO_INDEX.json     {"kind": "zoo-index", "format": 2, "current": "v-000002"}
       v-000002/          index.faiss, items.sqlite, meta.json[, model.safetensors]
       .lock              held while a process writes (filelock)
+      .embed-<key>/      embeddings of a run in progress, or of one that stopped (zoo.shards)
 
 A new version is written to a temporary folder, fsynced and renamed to ``v-N``; then
 ``ZOO_INDEX.json`` is replaced in one ``os.replace``. A crash at any point leaves the marker
@@ -31,6 +32,7 @@ LOCK = ".lock"
 FORMAT = 2
 _VERSION = re.compile(r"^v-\d{6}$")
 _TEMP = re.compile(r"^\.tmp-[0-9a-f]{32}$")
+_WORK = re.compile(r"^\.embed-[0-9a-f]{24}$")  # zoo.shards
 
 
 def read_marker(path: Path) -> dict:
@@ -57,7 +59,8 @@ def is_own(path: Path) -> bool:
         read_marker(path)
     except ZooError:
         return False
-    return all(e.name in (MARKER, LOCK) or _VERSION.match(e.name) or _TEMP.match(e.name) for e in path.iterdir())
+    return all(e.name in (MARKER, LOCK) or _VERSION.match(e.name) or _TEMP.match(e.name) or _WORK.match(e.name)
+               for e in path.iterdir())
 
 
 def current_version(path: Path) -> Path:
@@ -73,7 +76,7 @@ def check_target(out: Path, overwrite: bool, update: bool, sources: tuple[Path, 
             raise ZooError(f"--out {out} is the input folder or holds it; choose another --out")
     if out.exists() and not out.is_dir():
         raise ZooError(f"{out} exists and is not a zoo index; refusing to replace it")
-    if out.is_dir() and any(e.name != LOCK and not _TEMP.match(e.name) for e in out.iterdir()):
+    if out.is_dir() and any(e.name != LOCK and not _TEMP.match(e.name) and not _WORK.match(e.name) for e in out.iterdir()):
         if not is_own(out):
             if (out / MARKER).exists() or (out / "meta.json").exists():
                 read_marker(out)  # the precise reason (older format, damaged marker) if there is one
@@ -105,8 +108,12 @@ def locked(out: Path, what: str = "write") -> Iterator[None]:
         finally:
             lock.release()
     finally:
-        if created and not (out / MARKER).exists():  # nothing was written: leave no empty folder behind
-            shutil.rmtree(out, ignore_errors=True)
+        if created and not (out / MARKER).exists():
+            if any(_WORK.match(e.name) and any(e.glob("*.index.npy")) for e in out.iterdir()):
+                print(f"zoo: the embeddings made so far are kept in {out}; the same command resumes from them",
+                      file=sys.stderr, flush=True)
+            else:  # nothing was written: leave no empty folder behind
+                shutil.rmtree(out, ignore_errors=True)
 
 
 def new_version(out: Path) -> tuple[Path, str]:

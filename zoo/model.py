@@ -182,7 +182,62 @@ class ZooModel(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))  # (B, D), L2-normalised
 
+    # ---- inference: pixels arrive as uint8 (or JPEG bytes) and are made ready on the device ----
+    channels_last: Optional[bool] = None  # None: on CUDA (set by zoo.embed)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 pixels are normalised here, on the model's device (a quarter of the bytes of
+        float32 cross from the loader workers); JPEG bytes are decoded here first (zoo.decode)."""
+        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
+            if "jpeg" in batch:
+                batch = self._decode_jpegs(batch)
+            if batch["image"].dtype == torch.uint8:
+                batch["image"] = self.device_preprocess.normalise(batch["image"])  # (B, 3, H, W) float32
+        return batch
+
+    @property
+    def device_preprocess(self):
+        from zoo.decode import DevicePreprocess
+
+        if getattr(self, "_device_preprocess", None) is None:
+            self._device_preprocess = DevicePreprocess(self.data_config)
+        return self._device_preprocess
+
+    def _decode_jpegs(self, batch: dict) -> dict:
+        """Decode the batch's JPEG bytes on the device; the few the device decoder refuses are
+        decoded by Pillow here, and reported if Pillow cannot read them either."""
+        from zoo.data import load_image
+        from zoo.embed import pixel_transform
+
+        jpegs = [torch.from_numpy(a) for a in batch.pop("jpeg")]
+        where = batch.pop("jpeg_index").to(batch["index"].device)  # (J,)
+        decoded, failed = self.device_preprocess.decode(jpegs, self.device)  # (J - F, 3, H, W) uint8
+        ok = [i for i in range(len(jpegs)) if i not in set(failed)]
+        images = [batch["image"]] if batch["image"].ndim == 4 else []
+        index = [batch["index"]] if batch["image"].ndim == 4 else []
+        images.append(decoded)
+        index.append(where[ok])
+        for i in failed:
+            try:
+                pixels = pixel_transform(self)(load_image(jpegs[i].numpy().tobytes()))
+            except ValueError as e:
+                batch["skipped"] = [*batch.get("skipped", []), (int(where[i]), str(e))]
+                continue
+            images.append(pixels.unsqueeze(0).to(self.device))
+            index.append(where[i : i + 1])
+        batch["image"], batch["index"] = torch.cat(images), torch.cat(index)
+        return batch
+
+    def on_predict_start(self) -> None:
+        if self._use_channels_last():
+            self.to(memory_format=torch.channels_last)
+
+    def _use_channels_last(self) -> bool:
+        return self.device.type == "cuda" if self.channels_last is None else bool(self.channels_last)
+
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        if len(batch["index"]) and self._use_channels_last():
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         emb = self(batch["image"]) if len(batch["index"]) else torch.empty(0, self.embedding_dim)
         if self.hparams.float16_embeddings:
             emb = emb.half()

@@ -27,3 +27,21 @@ class StderrProgressBar(TQDMProgressBar):
     init_predict_tqdm = _on_stderr("init_predict_tqdm")
     init_validation_tqdm = _on_stderr("init_validation_tqdm")
     init_test_tqdm = _on_stderr("init_test_tqdm")
+
+    # embedding: images per second beside the bar's batches and ETA
+    def on_predict_epoch_start(self, trainer, pl_module) -> None:
+        import time
+
+        super().on_predict_epoch_start(trainer, pl_module)
+        self._images, self._start = 0, time.perf_counter()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        import time
+
+        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        if isinstance(outputs, dict) and "index" in outputs:
+            self._images += len(outputs["index"]) + len(outputs.get("skipped", []))
+            elapsed = time.perf_counter() - self._start
+            bar = self.predict_progress_bar
+            if bar is not None and elapsed > 0 and self._should_update(batch_idx + 1, bar.total):
+                bar.set_postfix_str(f"{self._images / elapsed:.1f} img/s", refresh=False)

@@ -1,0 +1,240 @@
+"""Embeddings streamed to disk in shards: memory stays O(batch) whatever the number of images,
+every rank of a multi-device run writes its own shards, and a run that stops (crash, kill,
+Ctrl-C) starts again where its last complete shard ended.
+
+    OUT/.embed-<key>/               inside the index folder being written; removed when done
+      job.json                      what is being embedded: the key, the number of records
+      r000-000001.vectors.npy       (n, D) embeddings of one shard, rank 0, shard 1
+      r000-000001.skipped.json      [[position, reason], ...]: files that are not usable images
+      r000-000001.index.npy         (n,) int64 positions in the record list; written last, so
+                                    a shard exists once this file does
+
+The key is a hash of the model's identity and the records (path, size and modification time
+of each file), so a run resumes only the same job; the work of any other job is discarded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from zoo.data import Record
+from zoo.errors import ZooError
+from zoo.io import atomic_path, write_json
+
+PREFIX = ".embed-"
+_SHARD = re.compile(r"^r(\d{3,})-(\d{6,})\.index\.npy$")
+
+
+def job_key(model_identity: dict, records: Sequence[Record]) -> str:
+    """Hash of what decides the embeddings: the model and every input file as it is now."""
+    from zoo.store import file_state
+
+    h = hashlib.sha256(json.dumps(model_identity, sort_keys=True, default=str).encode())
+    for r in records:
+        state = file_state(r.path) if r.frame is None else (r.frame, r.time)
+        h.update(f"{r.path}\0{state}\0{r.label}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:24]
+
+
+def is_primary_process() -> bool:
+    """True in the process that owns the run: rank 0 of a multi-device run (whose launcher sets
+    RANK / LOCAL_RANK / NODE_RANK in the others), or a single process."""
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
+
+
+class ShardJob:
+    """The shards of one embedding job in ``out/.embed-<key>``."""
+
+    def __init__(self, out: Path, key: str, n_records: int):
+        self.out, self.key, self.n = Path(out), key, n_records
+        self.folder = self.out / f"{PREFIX}{key}"
+
+    # ---- the job's folder -----------------------------------------------------------------
+    def prepare(self) -> None:
+        """Create the folder (primary process, under the index lock); drop other jobs' work."""
+        for e in self.out.iterdir() if self.out.is_dir() else ():
+            if e.name.startswith(PREFIX) and e.name != self.folder.name and e.is_dir() and not e.is_symlink():
+                print(f"zoo: discarding the unfinished embeddings of an earlier run with other files or another model ({e.name})",
+                      file=sys.stderr, flush=True)
+                shutil.rmtree(e, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / "job.json").exists():
+            write_json(self.folder / "job.json", {"key": self.key, "records": self.n})
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def shards(self) -> list[str]:
+        """Complete shards, by (rank, number): their common file-name stem."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for e in self.folder.iterdir():
+            m = _SHARD.match(e.name)
+            if m:
+                found.append((int(m.group(1)), int(m.group(2)), e.name[: -len(".index.npy")]))
+        return [stem for _, _, stem in sorted(found)]
+
+    def next_number(self, rank: int) -> int:
+        numbers = [int(_SHARD.match(f"{s}.index.npy").group(2)) for s in self.shards()
+                   if int(_SHARD.match(f"{s}.index.npy").group(1)) == rank]
+        return max(numbers, default=0) + 1
+
+    # ---- what is done -----------------------------------------------------------------------
+    def _damaged(self, name: str, why: str) -> ZooError:
+        return ZooError(f"{self.folder / name} is damaged ({why}); remove {self.folder} to embed again from the start")
+
+    def _load(self, name: str, mmap: bool = False) -> np.ndarray:
+        """A shard's array; plain numbers only (never unpickled)."""
+        try:
+            a = np.load(self.folder / name, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise self._damaged(name, " ".join(str(e).split())[:80]) from None
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "iuf":
+            raise self._damaged(name, "not an array of numbers")
+        return a
+
+    def positions(self) -> list[np.ndarray]:
+        out = []
+        for s in self.shards():
+            p = self._load(f"{s}.index.npy")
+            if p.ndim != 1 or p.dtype.kind not in "iu" or (len(p) and (p.min() < 0 or p.max() >= self.n)):
+                raise self._damaged(f"{s}.index.npy", f"positions outside 0..{self.n - 1}")
+            out.append(p.astype(np.int64))
+        return out
+
+    def skipped(self) -> list[tuple[int, str]]:
+        out: dict[int, str] = {}
+        for s in self.shards():
+            try:
+                rows = json.loads((self.folder / f"{s}.skipped.json").read_text())
+                pairs = [(int(pos), str(reason)) for pos, reason in rows]
+            except (ValueError, TypeError, OSError, UnicodeDecodeError):
+                raise self._damaged(f"{s}.skipped.json", "not a list of [position, reason]") from None
+            for pos, reason in pairs:
+                if not 0 <= pos < self.n:
+                    raise self._damaged(f"{s}.skipped.json", f"positions outside 0..{self.n - 1}")
+                out.setdefault(pos, reason)
+        return sorted(out.items())
+
+    def remaining(self) -> list[int]:
+        """Positions of the records no complete shard holds (embedded or skipped)."""
+        done = np.zeros(self.n, dtype=bool)
+        for p in self.positions():
+            done[p] = True
+        for pos, _ in self.skipped():
+            done[pos] = True
+        return np.flatnonzero(~done).tolist()
+
+    # ---- reading back, in record order ----------------------------------------------------
+    def _layout(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """Memory-mapped vectors of every shard, and for each embedded record in record order:
+        its position, its shard and its row there (a record written twice counts once)."""
+        stems = self.shards()
+        vectors = [self._load(f"{s}.vectors.npy", mmap=True) for s in stems]
+        pos = self.positions()
+        for s, v, p in zip(stems, vectors, pos):
+            if len(p) and (v.ndim != 2 or len(v) != len(p)):
+                raise self._damaged(f"{s}.vectors.npy", f"{len(v)} rows for {len(p)} positions")
+        if not pos:
+            return vectors, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        all_pos = np.concatenate(pos)
+        shard = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(pos)])
+        row = np.concatenate([np.arange(len(p), dtype=np.int64) for p in pos])
+        order, first = np.unique(all_pos, return_index=True)  # sorted positions, first copy of each
+        return vectors, order, shard[first], row[first]
+
+    def count(self) -> int:
+        return len(self._layout()[1])
+
+    def gather(self, which: np.ndarray) -> np.ndarray:
+        """Rows ``which`` (indices into the record-ordered embedded rows) as one float32 array."""
+        vectors, _, shard, row = self._layout()
+        return self._take(vectors, shard[which], row[which])
+
+    @staticmethod
+    def _take(vectors: list[np.ndarray], shard: np.ndarray, row: np.ndarray) -> np.ndarray:
+        dim = next((v.shape[1] for v in vectors if len(v)), 0)
+        out = np.empty((len(shard), dim), dtype=np.float32)
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = vectors[s][row[sel]]
+        return out
+
+    def ordered(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions, vectors) of every embedded record in record order, ``chunk`` rows at a time."""
+        vectors, order, shard, row = self._layout()
+        for s in range(0, len(order), chunk):
+            yield order[s : s + chunk], self._take(vectors, shard[s : s + chunk], row[s : s + chunk])
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each rank's embeddings to its own shards of ``rows`` rows as they are made.
+
+    A shard is written atomically (its position file last); what is buffered is written too
+    when the run stops on an exception or Ctrl-C, so an interrupted run loses no finished batch.
+    """
+
+    def __init__(self, job: ShardJob, rows: int = 4096):
+        super().__init__(write_interval="batch")
+        self.job, self.rows = job, rows
+        self._reset()
+        self.rank = 0
+        self.number = 1
+
+    def _reset(self) -> None:
+        self.positions: list[np.ndarray] = []
+        self.vectors: list[np.ndarray] = []
+        self.skips: list[tuple[int, str]] = []
+        self.buffered = 0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.rank = trainer.global_rank
+        self.job.folder.mkdir(parents=True, exist_ok=True)
+        self.number = self.job.next_number(self.rank)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        self.positions.append(prediction["index"].cpu().numpy().astype(np.int64))
+        self.vectors.append(prediction["embedding"].cpu().numpy())
+        self.skips += [(int(i), str(r)) for i, r in prediction["skipped"]]
+        self.buffered += len(self.positions[-1]) + len(prediction["skipped"])
+        if self.buffered >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffered:
+            return
+        stem = self.job.folder / f"r{self.rank:03d}-{self.number:06d}"
+        positions = np.concatenate(self.positions) if self.positions else np.zeros(0, np.int64)
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, 0), np.float32)
+        with atomic_path(f"{stem}.vectors.npy") as tmp:
+            _save(tmp, np.ascontiguousarray(vectors))
+        with atomic_path(f"{stem}.skipped.json") as tmp:
+            Path(tmp).write_text(json.dumps(self.skips))
+        with atomic_path(f"{stem}.index.npy") as tmp:  # last: the shard now exists
+            _save(tmp, positions)
+        self.number += 1
+        self._reset()
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        self.flush()
+        trainer.strategy.barrier("zoo-shards")  # every rank's shards are on disk
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.flush()
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
