@@ -241,3 +241,16 @@ def test_two_processes_build_the_same_index_as_one(shapes_dir, tmp_path):
     assert "embedding 12 images on 2 x cpu" in run.stderr and "MEMBER: 2/2" in run.stderr
     assert run.stdout.count("zoo: indexed 12 items") == 1  # one process builds and reports the index
     same_index(zoo.load_index(out), zoo.build_index(shapes_dir, tiny_model()))
+
+
+def test_a_planted_work_folder_link_is_never_followed_or_removed(shapes_dir, tmp_path, capsys):
+    """A link named like zoo's work folder, pointing at the user's files, inside an index."""
+    out = tmp_path / "s.index"
+    zoo.build_index(shapes_dir / "circle", tiny_model(), out=out)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("keep")
+    (out / ".embed-0123456789abcdef01234567").symlink_to(mine, target_is_directory=True)
+    zoo.build_index(shapes_dir, tiny_model(), out=out, overwrite=True)
+    assert (mine / "keep.txt").read_text() == "keep" and sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
+    assert len(zoo.load_index(out)) == 12

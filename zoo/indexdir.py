@@ -32,7 +32,7 @@ LOCK = ".lock"
 FORMAT = 2
 _VERSION = re.compile(r"^v-\d{6}$")
 _TEMP = re.compile(r"^\.tmp-[0-9a-f]{32}$")
-_WORK = re.compile(r"^\.embed-[0-9a-f]{24}$")  # zoo.shards
+WORK = re.compile(r"^\.embed-[0-9a-f]{24}$")  # zoo.shards
 
 
 def read_marker(path: Path) -> dict:
@@ -59,7 +59,7 @@ def is_own(path: Path) -> bool:
         read_marker(path)
     except ZooError:
         return False
-    return all(e.name in (MARKER, LOCK) or _VERSION.match(e.name) or _TEMP.match(e.name) or _WORK.match(e.name)
+    return all(e.name in (MARKER, LOCK) or _VERSION.match(e.name) or _TEMP.match(e.name) or WORK.match(e.name)
                for e in path.iterdir())
 
 
@@ -76,7 +76,7 @@ def check_target(out: Path, overwrite: bool, update: bool, sources: tuple[Path, 
             raise ZooError(f"--out {out} is the input folder or holds it; choose another --out")
     if out.exists() and not out.is_dir():
         raise ZooError(f"{out} exists and is not a zoo index; refusing to replace it")
-    if out.is_dir() and any(e.name != LOCK and not _TEMP.match(e.name) and not _WORK.match(e.name) for e in out.iterdir()):
+    if out.is_dir() and any(e.name != LOCK and not _TEMP.match(e.name) and not WORK.match(e.name) for e in out.iterdir()):
         if not is_own(out):
             if (out / MARKER).exists() or (out / "meta.json").exists():
                 read_marker(out)  # the precise reason (older format, damaged marker) if there is one
@@ -109,7 +109,7 @@ def locked(out: Path, what: str = "write") -> Iterator[None]:
             lock.release()
     finally:
         if created and not (out / MARKER).exists():
-            if any(_WORK.match(e.name) and any(e.glob("*.index.npy")) for e in out.iterdir()):
+            if any(WORK.match(e.name) and any(e.glob("*.index.npy")) for e in out.iterdir()):
                 print(f"zoo: the embeddings made so far are kept in {out}; the same command resumes from them",
                       file=sys.stderr, flush=True)
             else:  # nothing was written: leave no empty folder behind

@@ -61,8 +61,12 @@ class ShardJob:
     # ---- the job's folder -----------------------------------------------------------------
     def prepare(self) -> None:
         """Create the folder (primary process, under the index lock); drop other jobs' work."""
+        from zoo.indexdir import WORK
+
+        if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
+            raise ZooError(f"{self.folder} is not a folder zoo made; remove it")
         for e in self.out.iterdir() if self.out.is_dir() else ():
-            if e.name.startswith(PREFIX) and e.name != self.folder.name and e.is_dir() and not e.is_symlink():
+            if WORK.match(e.name) and e.name != self.folder.name and e.is_dir() and not e.is_symlink():
                 print(f"zoo: discarding the unfinished embeddings of an earlier run with other files or another model ({e.name})",
                       file=sys.stderr, flush=True)
                 shutil.rmtree(e, ignore_errors=True)
