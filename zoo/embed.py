@@ -1,7 +1,10 @@
 """records -> embeddings, through ``Trainer.predict`` and a prediction writer.
 
-Devices, precision and multi-device runs come from the Trainer's flags; every rank writes what
-it embedded and rank 0 merges the parts in record order.
+Devices, precision and multi-device runs come from the Trainer's flags. Loader workers hand
+over uint8 pixels (or JPEG bytes, decoded on the device: zoo.decode) and the model normalises
+them on its device. ``embed`` keeps the embeddings in memory (every rank's part merged in
+record order: for queries and benchmarks); ``embed_to_shards`` streams them to disk, each rank
+its own shards (zoo.shards: for indexes of any size).
 """
 from __future__ import annotations
 
