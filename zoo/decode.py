@@ -26,6 +26,8 @@ def device_decodable(data: bytes) -> bool:
     every device decoder reads exactly as Pillow does. Reads the header only."""
     if len(data) < 4 or data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
         return False  # not a JPEG, or truncated
+    if _frame_type(data) not in (0xC0, 0xC1):  # baseline / extended sequential Huffman only
+        return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -37,6 +39,25 @@ def device_decodable(data: bytes) -> bool:
                 return im.getexif().get(0x0112, 1) == 1  # EXIF orientation: upright only
     except Exception:  # anything odd: the CPU path decides, and reports it if it is unusable
         return False
+
+
+def _frame_type(data: bytes) -> Optional[int]:
+    """The JPEG start-of-frame marker (0xC0 baseline, 0xC2 progressive, 0xC9 arithmetic, ...),
+    found by walking the header's segments; None if there is none before the image data."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        if marker == 0xDA:  # image data before any frame header
+            return None
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
