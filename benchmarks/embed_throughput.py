@@ -124,8 +124,8 @@ def rss_child(folder: str, out: str, backbone: str, size: int) -> None:
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def rss_rows(photos: Path, sizes: list[int], backbone: str, size: int) -> list[str]:
-    rows = []
+def rss_rows(photos: Path, sizes: list[int], backbone: str, size: int):
+    """Yield a table row per size."""
     files = sorted(photos.glob("*.jpg"))
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
@@ -142,12 +142,11 @@ def rss_rows(photos: Path, sizes: list[int], backbone: str, size: int) -> list[s
                 sys.exit(child.stderr[-2000:])
             peak = float(child.stdout.strip().splitlines()[-1])
             disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
-            rows.append(f"| {n:>9,} | {peak:>10.0f} | {disk:>12.1f} | {n / (time.perf_counter() - t):>7.0f} |")
+            yield f"| {n:>9,} | {peak:>10.0f} | {disk:>12.1f} | {n / (time.perf_counter() - t):>7.0f} |"
             import shutil
 
             shutil.rmtree(folder)
             shutil.rmtree(out)
-    return rows
 
 
 def main() -> None:
