@@ -226,6 +226,7 @@ def test_a_killed_zoo_index_resumes(tmp_path):
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert rerun.returncode == 0, rerun.stderr[-500:]
     assert f"resuming: {done} of 60 images" in rerun.stderr
+    assert "img/s" in rerun.stderr and "precision 32-true" in rerun.stderr  # rate, ETA and what runs, on stderr
     same_index(zoo.load_index(out), zoo.build_index(images, tiny_model()))
 
 
