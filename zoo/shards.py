@@ -174,7 +174,7 @@ class ShardJob:
             out[sel] = vectors[s][row[sel]]
         return out
 
-    def ordered(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def ordered(self, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(positions, vectors) of every embedded record in record order, ``chunk`` rows at a time."""
         vectors, order, shard, row = self._layout()
         for s in range(0, len(order), chunk):
