@@ -255,3 +255,11 @@ def test_a_planted_work_folder_link_is_never_followed_or_removed(shapes_dir, tmp
     zoo.build_index(shapes_dir, tiny_model(), out=out, overwrite=True)
     assert (mine / "keep.txt").read_text() == "keep" and sorted(p.name for p in mine.iterdir()) == ["keep.txt"]
     assert len(zoo.load_index(out)) == 12
+
+
+def test_cli_index_says_what_runs_and_channels_last_gives_the_same_vectors(shapes_dir, tmp_path, zoo_cli):
+    out = tmp_path / "cl.index"
+    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY, "--channels_last", "true")
+    assert code == 0, err
+    assert "zoo: embedding 12 images on cpu, precision 32-true, channels_last, decoding on the CPU, batch 32, 0 loader workers" in err
+    same_index(zoo.load_index(out), zoo.build_index(shapes_dir, tiny_model()))

@@ -62,6 +62,7 @@ class ZooTrainer(L.Trainer):
         num_workers: int = 2,
         decode: str = "auto",
         shard_size: int = 4096,
+        channels_last: Optional[bool] = None,
         datamodule: Any = None,
     ) -> None:
         """Embed a folder of images (or a video's frames) into a persistent FAISS index.
@@ -89,6 +90,7 @@ class ZooTrainer(L.Trainer):
                 in the loader workers), cpu, or device. Files the device cannot decode (PNG,
                 progressive JPEG, EXIF-rotated, ...) are decoded by the workers in the same run.
             shard_size: embeddings per shard written to disk (the most a crash can lose).
+            channels_last: channels-last memory layout for the forward (default: on CUDA).
         """
         from zoo.index import build_index
 
@@ -105,7 +107,7 @@ class ZooTrainer(L.Trainer):
         index = build_index(
             records, None if update else resolve_model(model, backbone, checkpoint), out=out, factory=factory,
             overwrite=overwrite, update=update, trainer=self, batch_size=batch_size, num_workers=num_workers,
-            decode=decode, shard_size=shard_size,
+            decode=decode, shard_size=shard_size, channels_last=channels_last,
         )
         if index is None:  # another process of a multi-device run: the first one builds the index
             return

@@ -169,6 +169,7 @@ def embed_to_shards(
     num_workers: int = 0,
     decode: str = "auto",
     shard_rows: int = 4096,
+    channels_last: Optional[bool] = None,
 ) -> None:
     """Embed the records that ``job`` (zoo.shards.ShardJob) does not hold yet into its shards.
 
@@ -180,6 +181,7 @@ def embed_to_shards(
     if shard_rows < 1:
         raise ZooError(f"--shard_size {shard_rows}: must be 1 or more")
     model.build()
+    model.channels_last = channels_last  # None: on CUDA
     trainer = trainer or default_trainer()
     todo = job.remaining()
     done = len(records) - len(todo)

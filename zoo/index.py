@@ -538,6 +538,7 @@ def build_index(
     num_workers: int = 0,
     decode: str = "auto",
     shard_size: int = 4096,
+    channels_last: Optional[bool] = None,
     **model_kwargs,
 ) -> Optional[ZooIndex]:
     """Embed images (a folder, files, or records) and index them; saved to ``out`` if given.
@@ -555,7 +556,8 @@ def build_index(
     from zoo.shards import is_primary_process
 
     out_path = Path(os.path.abspath(out)) if out is not None else None
-    run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size)
+    run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size,
+               channels_last=channels_last)
     primary = is_primary_process()
     if update:
         if out_path is None:
@@ -604,7 +606,7 @@ def _embed_into(index: ZooIndex, model, records: list[Record], trainer, batch_si
 
 
 def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trainer, batch_size: int,
-                  num_workers: int, decode: str, shard_size: int):
+                  num_workers: int, decode: str, shard_size: int, channels_last: Optional[bool] = None):
     """Embed ``records`` into shards in ``out`` (resuming an earlier run of the same job); the
     first process then adds them to ``index``. Returns the job."""
     from zoo.embed import embed_to_shards, report_skipped
@@ -616,7 +618,7 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
         job.prepare()
     if records:
         embed_to_shards(model, records, job, trainer=trainer, batch_size=batch_size, num_workers=num_workers,
-                        decode=decode, shard_rows=shard_size)
+                        decode=decode, shard_rows=shard_size, channels_last=channels_last)
     if primary and records:
         index.add_shards(job, records)
         skipped = [(records[p].path, reason) for p, reason in job.skipped()]
@@ -626,7 +628,7 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
 
 
 def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int, decode: str = "auto",
-            shard_size: int = 4096) -> Optional[ZooIndex]:
+            shard_size: int = 4096, channels_last: Optional[bool] = None) -> Optional[ZooIndex]:
     from zoo.shards import is_primary_process
 
     primary = is_primary_process()
@@ -658,7 +660,8 @@ def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int
         else:
             new.append(r)
     gone = [row["id"] for rel, row in known.items() if rel not in seen]
-    run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size)
+    run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size,
+               channels_last=channels_last)
     if not primary:
         _embed_shards(index, out, model, new, **run)
         return None
