@@ -21,6 +21,7 @@ from conftest import save
 # a very small random-init model: these tests are about files, not features
 MODEL = ["--model.backbone", "timm/test_resnet", "--model.pretrained", "false", "--model.data_config", "{image_size: 32}"]
 FAST = [*MODEL, "--num_workers", "0"]
+FAST_FIT = [*MODEL, "--model.head", "triplet", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
 
 
 def fast_model(**kw):
@@ -87,6 +88,10 @@ def test_crafted_checkpoint_is_refused_everywhere(shapes_dir, index_dir, tmp_pat
     with pytest.raises(ZooError, match="refusing to load"):
         zoo.load_model(str(ckpt))
     assert not marker.exists()
+    code, _, err = zoo_cli("fit", "--data.root", shapes_dir, "--ckpt_path", ckpt, "--trainer.default_root_dir", tmp_path / "r",
+                           "--trainer.logger", "false", "--data.num_workers", "0", *FAST_FIT)
+    assert code == 2 and not marker.exists(), err  # Lightning's resume reads it with weights_only=True
+    one_error(err, "refusing to load the checkpoint: it holds Python objects")
 
 
 def test_edited_index_metadata_cannot_point_zoo_at_other_files(shapes_dir, index_dir, tmp_path, zoo_cli):

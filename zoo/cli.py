@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json as _json
 import logging
+import pickle
 import signal
 import sys
 import threading
@@ -466,6 +467,9 @@ class ZooCLI(LightningCLI):
         }
 
     def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        if "weights_only" in cfg and cfg.weights_only is None:  # fit/validate/test --ckpt_path: never unpickled
+            cfg.weights_only = True
         if self.subcommand not in TRAINING_COMMANDS:  # no runs/lightning_logs for index, search, ...
             trainer = self.config[self.subcommand].trainer
             trainer.logger = False
@@ -596,6 +600,7 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
     warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")  # the model's own is meant
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -640,6 +645,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print("zoo: interrupted", file=sys.stderr)
             return 130
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except pickle.UnpicklingError:  # `fit --ckpt_path` read with weights_only (Lightning's loader)
+        print("zoo: error: refusing to load the checkpoint: it holds Python objects beyond tensors and plain values "
+              "(loading it could run code); only zoo/Lightning checkpoints are accepted", file=sys.stderr)
+        return 2
     except OSError as e:  # a file system refusal that no check foresaw: one line, no traceback
         print(f"zoo: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
