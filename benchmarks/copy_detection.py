@@ -35,6 +35,7 @@ FROZEN = dict(backbone="timm/mobilenetv2_100", weights=str(SHARED / "weights" / 
               model_kwargs={"pad_type": "same"},
               data_config={"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "crop_pct": 1.0,
                            "input_size": [3, 224, 224]})
+FROZEN_GEM = {**FROZEN, "model_kwargs": {"pad_type": "same", "global_pool": "gem"}}
 
 
 def split(images: str, n_train: int, n_test: int, seed: int):
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None, help="a trained checkpoint: skip training")
+    ap.add_argument("--frozen-only", action="store_true", help="score the frozen models only")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 0.95])
     ap.add_argument("--out", default="copy-detection-results")
     ap.add_argument("--fit", nargs=argparse.REMAINDER, default=[], help="more `zoo fit` options, e.g. --fit --model.lr 0.003")
@@ -118,9 +120,11 @@ def main() -> None:
     copies = copy_set(originals, out / "copies", a.seed)
     items = [*originals, *copies, *distractors]
     groups = [*range(len(originals)), *range(len(originals)), *range(len(originals), len(originals) + len(distractors))]
-    rows = [evaluate("frozen mobilenetv2_100 (avg pool)", zoo.ZooModel(**FROZEN), items, groups, a.thresholds, a.workers)]
-    ckpt = a.checkpoint or train(train_records, out, a.epochs, a.batch_size, a.workers, a.fit)
-    rows.append(evaluate(f"trained ({Path(ckpt).name})", zoo.load_model(ckpt), items, groups, a.thresholds, a.workers))
+    rows = [evaluate("frozen mobilenetv2_100 (avg pool)", zoo.ZooModel(**FROZEN), items, groups, a.thresholds, a.workers),
+            evaluate("frozen mobilenetv2_100 (GeM p=3)", zoo.ZooModel(**FROZEN_GEM), items, groups, a.thresholds, a.workers)]
+    if not a.frozen_only:
+        ckpt = a.checkpoint or train(train_records, out, a.epochs, a.batch_size, a.workers, a.fit)
+        rows.append(evaluate(f"trained ({Path(ckpt).name})", zoo.load_model(ckpt), items, groups, a.thresholds, a.workers))
 
     print(f"copy detection: {a.test} unseen photos + 1 copyset copy each + {a.test} distractors "
           f"(" + (f"checkpoint {a.checkpoint}, " if a.checkpoint else f"train {a.train} photos, {a.epochs} epochs, batch {a.batch_size}, ")
