@@ -38,12 +38,51 @@ FROZEN = dict(backbone="timm/mobilenetv2_100", weights=str(SHARED / "weights" / 
 FROZEN_GEM = {**FROZEN, "model_kwargs": {"pad_type": "same", "global_pool": "gem"}}
 
 
-def split(images: str, n_train: int, n_test: int, seed: int):
+def thumbnails(records) -> np.ndarray:
+    """(N, 32, 32) grey thumbnails, for the model-free near-identical check."""
+    from PIL import Image
+
+    out = []
+    for r in records:
+        with Image.open(r.path) as im:
+            out.append(np.asarray(im.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float32))
+    return np.stack(out)
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    a = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(1, keepdims=True)
+    return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-6)
+
+
+def split(images: str, n_train: int, n_test: int, seed: int, near: float = 0.95):
+    """Seeded originals / distractors / train photos. Photo folders hold near-identical photos
+    (burst shots, video frames a few pixels apart); a pair of them would count as a false
+    positive of every model, and one in training would leak a test photo. So test photos are
+    drawn first, skipping any whose grey 32 x 32 thumbnail correlates at >= ``near`` with one
+    already drawn at any shift up to 4 px, and training takes the first ``n_train`` of the rest
+    that are not near-identical to a test photo. The test set does not depend on ``n_train``."""
     records = sorted(scan_folder(images), key=lambda r: r.path)
     random.Random(seed).shuffle(records)
-    if len(records) < n_train + 2 * n_test:
-        sys.exit(f"{images} holds {len(records)} photos; --train {n_train} and --test {n_test} need {n_train + 2 * n_test}")
-    return records[:n_train], records[n_train:n_train + n_test], records[n_train + n_test:n_train + 2 * n_test]
+    thumbs = thumbnails(records)  # (N, 32, 32)
+    centres = _unit(thumbs[:, 4:28, 4:28])  # (N, 576)
+
+    def near_any(i: int, drawn: list[int]) -> bool:
+        shifted = _unit(np.stack([thumbs[i, dy:dy + 24, dx:dx + 24] for dy in range(9) for dx in range(9)]))  # (81, 576)
+        return bool(drawn) and float((centres[drawn] @ shifted.T).max()) >= near
+
+    test, skipped, i = [], 0, 0
+    while len(test) < 2 * n_test and i < len(records):
+        if near_any(i, test):
+            skipped += 1
+        else:
+            test.append(i)
+        i += 1
+    train = [k for k in range(i, len(records)) if not near_any(k, test)][:n_train]
+    if len(test) < 2 * n_test or len(train) < n_train:
+        sys.exit(f"{images} holds {len(records)} photos; --train {n_train} and --test {n_test} need "
+                 f"{n_train + 2 * n_test} that are not near-identical to a test photo")
+    print(f"split: {skipped} near-identical photos left out of the test set", file=sys.stderr)
+    return [records[k] for k in train], [records[k] for k in test[:n_test]], [records[k] for k in test[n_test:]]
 
 
 def copy_set(originals, folder: Path, seed: int):
@@ -52,7 +91,7 @@ def copy_set(originals, folder: Path, seed: int):
     folder.mkdir(parents=True, exist_ok=True)
     copies = []
     for i, r in enumerate(originals):
-        p = folder / f"{i:04d}.png"
+        p = folder / f"{i:04d}-{Path(r.path).parent.name}-{Path(r.path).stem}.png"
         if not p.exists():
             with Image.open(r.path) as im:
                 make_copy(im.convert("RGB"), "copyset", seed=seed * 7919 + i).save(p)

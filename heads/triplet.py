@@ -37,6 +37,17 @@ def ntxent_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: flo
     return losses.NTXentLoss(temperature=temperature)(embeddings, labels)
 
 
+def koleo_loss(embeddings: torch.Tensor, labels: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo (Kozachenko-Leonenko) entropy regulariser of SSCD over L2-normalised embeddings
+    (B, D): -mean over i of log(distance from i to its nearest neighbour of another label).
+    It spreads unrelated images apart, so that fewer of them score like copies."""
+    d = torch.cdist(embeddings, embeddings)  # (B, B)
+    same = labels[:, None] == labels[None, :]  # (B, B), the diagonal included
+    nearest = d.masked_fill(same, float("inf")).min(dim=1).values  # (B,)
+    keep = torch.isfinite(nearest)
+    return -torch.log(nearest[keep] + eps).mean() if keep.any() else embeddings.new_zeros(())
+
+
 class ResidualProjection(nn.Module):
     """x + mlp(x) (B, in_features): an MLP whose last layer starts at zero, so that the
     projection starts as the identity and training moves it away only as far as it helps."""
@@ -99,9 +110,11 @@ class TripletHead(Head):
         loss: Literal["triplet", "ntxent"] = "triplet",
         temperature: float = 0.1,
         projection: Literal["mlp", "linear", "residual", "identity"] = "mlp",
+        koleo_weight: float = 0.0,
     ):
         """embedding_dim: the mlp's output (default 128); the other projections keep
-        in_features, and an embedding_dim other than that is an error."""
+        in_features, and an embedding_dim other than that is an error. koleo_weight: adds
+        that many times the KoLeo entropy regulariser (``koleo_loss``) to the loss."""
         super().__init__()
         if in_features is None:
             raise ZooError("head 'triplet' needs a backbone")
@@ -129,7 +142,9 @@ class TripletHead(Head):
             raise ZooError(f"head 'triplet': loss '{loss}' is not one of triplet, ntxent")
         if temperature <= 0:
             raise ZooError(f"head 'triplet': temperature {temperature} must be positive")
-        self.loss_name, self.temperature = loss, temperature
+        if koleo_weight < 0:
+            raise ZooError(f"head 'triplet': koleo_weight {koleo_weight} must not be negative")
+        self.loss_name, self.temperature, self.koleo_weight = loss, temperature, koleo_weight
 
         from pytorch_metric_learning import losses, miners  # training only: slow import (scipy)
 
@@ -146,11 +161,16 @@ class TripletHead(Head):
         if labels is None:
             raise ZooError("the triplet head needs labels or augmentation pairs in each batch")
         emb = self(features)
+        logs = {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
         if self.loss_name == "ntxent":
-            return ntxent_loss(emb, labels, self.temperature), {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
-        triplets = self.miner(emb, labels)
-        loss = self.loss_fn(emb, labels, triplets)
-        return loss, {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
+            loss = ntxent_loss(emb, labels, self.temperature)
+        else:
+            loss = self.loss_fn(emb, labels, self.miner(emb, labels))
+        if self.koleo_weight:
+            koleo = koleo_loss(emb, labels)
+            logs["koleo"] = koleo.detach()
+            loss = loss + self.koleo_weight * koleo
+        return loss, logs
 
 
 register_head(TripletHead, name="triplet")
