@@ -1,17 +1,21 @@
 """Copy detection on unseen photos: frozen ImageNet MobileNetV2 versus the copydetect recipe.
 
-    python benchmarks/copy_detection.py [--images ../shared/data/food7] [--train 600] [--test 150]
-        [--epochs 3] [--checkpoint CKPT] [--out copy-detection-results]
+    python benchmarks/copy_detection.py [--images ../shared/data/food7] [--train 1150] [--test 150]
+        [--epochs 3] [--checkpoint CKPT] [--frozen-only] [--out copy-detection-results] [--fit ...]
 
-A seeded split of the folder's photos (classes are ignored): ``--train`` photos train
-configs/copydetect/mobilenetv2_shared.yaml without labels (a tenth of them validate), and
-``--test`` further photos, never seen in training, each get one copy made by three random
-edits out of six (the ``copyset`` edits: crop to 75-90 %, rotation up to 15 degrees, JPEG
-quality 15-35, brightness/colour jitter, mirror, half-size downscale), plus ``--test`` other
-unseen photos as distractors. Every pair of (originals, copies, distractors) is scored by
-cosine similarity; the positives are the (original, copy) pairs. The table gives precision and
-recall at fixed thresholds, the threshold reaching precision 0.95 with its recall, and the
-pair AP, for the frozen features and the trained model. ``--checkpoint`` skips training.
+A seeded split of the folder's photos (classes are ignored): ``--test`` photos, never seen in
+training, each get one copy made by three random edits out of six (the ``copyset`` edits: crop
+to 75-90 %, rotation up to 15 degrees, JPEG quality 15-35, brightness/colour jitter, mirror,
+half-size downscale), plus ``--test`` other unseen photos as distractors; ``--train`` of the
+remaining photos train configs/copydetect/mobilenetv2_shared.yaml without labels (a tenth of
+them validate). Test photos are drawn skipping near-identical photos (grey-thumbnail check, see
+``split``) and training skips photos near-identical to a test photo. Every pair of (originals,
+copies, distractors) is scored by cosine similarity; the positives are the (original, copy)
+pairs. The table gives precision and recall at fixed thresholds, the threshold reaching
+precision 0.95 with its recall, and the pair AP, for the frozen features (average and GeM
+pooling) and the trained model; precision_recall.png and hardest_negatives.png (the trained
+model's highest-scoring pairs that are not copies) go to ``--out``. ``--checkpoint`` skips
+training. Extra ``zoo fit`` options follow ``--fit``.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import zoo
 from zoo.augment import make_copy
 from zoo.data import Record, scan_folder
 from zoo.embed import embed
-from zoo.pairs import at_threshold, average_precision, pair_scores, threshold_for_precision
+from zoo.pairs import at_threshold, average_precision, pair_scores, pr_curve, threshold_for_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -77,10 +81,12 @@ def split(images: str, n_train: int, n_test: int, seed: int, near: float = 0.95)
         else:
             test.append(i)
         i += 1
-    train = [k for k in range(i, len(records)) if not near_any(k, test)][:n_train]
-    if len(test) < 2 * n_test or len(train) < n_train:
-        sys.exit(f"{images} holds {len(records)} photos; --train {n_train} and --test {n_test} need "
-                 f"{n_train + 2 * n_test} that are not near-identical to a test photo")
+    if len(test) < 2 * n_test:
+        sys.exit(f"{images} holds {len(records)} photos, {len(test)} of them not near-identical; --test {n_test} needs {2 * n_test}")
+    rest = [k for k in range(i, len(records)) if not near_any(k, test)]
+    if len(rest) < n_train:
+        sys.exit(f"--train {n_train}: {images} has {len(rest)} photos beside the test set that are not near-identical to a test photo")
+    train = rest[:n_train]
     print(f"split: {skipped} near-identical photos left out of the test set", file=sys.stderr)
     return [records[k] for k in train], [records[k] for k in test[:n_test]], [records[k] for k in test[n_test:]]
 
@@ -136,13 +142,52 @@ def evaluate(name: str, model, items, groups, thresholds, workers: int) -> dict:
     row["thr@p95"], row["recall@p95"] = hit["threshold"], hit["recall"]
     row["pairs"] = f"{int(positive.sum())}/{len(positive)}"
     print(f"{name}: embedded {len(emb.records)} images in {time.time() - t:.0f} s", file=sys.stderr)
+    kept = [r for r in items if r.path in keep]
+    i, j = np.triu_indices(len(kept), 1)  # pair_scores' order
+    worst = np.argsort(-np.where(positive, -np.inf, scores))[:6]  # the highest-scoring non-copies
+    row["_curve"], row["_negatives"] = pr_curve(scores, positive), [(kept[i[k]].path, kept[j[k]].path, scores[k]) for k in worst]
     return row
+
+
+def pictures(rows: list[dict], out: Path) -> None:
+    """precision_recall.png (every model) and hardest_negatives.png (the last model's
+    highest-scoring pairs that are not copies)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in rows:
+        ax.plot(r["_curve"]["recall"], r["_curve"]["precision"], drawstyle="steps-post", label=f"{r['model']}: AP {r['pair_ap']:.3f}")
+    ax.axhline(0.95, color="grey", ls=":", lw=1)
+    ax.set(xlabel="recall (copy pairs found)", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="copy pairs on unseen photos")
+    ax.legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "precision_recall.png", dpi=100)
+    plt.close(fig)
+    negatives = rows[-1]["_negatives"]
+    fig, axes = plt.subplots(2, len(negatives), figsize=(2.2 * len(negatives), 4.6), squeeze=False)
+    for c, (a, b, score) in enumerate(negatives):
+        for r, path in enumerate((a, b)):
+            with Image.open(path) as im:
+                axes[r][c].imshow(im.convert("RGB").resize((160, 160)))
+            axes[r][c].set_title(f"{score:.3f}\n{Path(path).parent.name}/{Path(path).name}"[:40] if r == 0 else
+                                 f"{Path(path).parent.name}/{Path(path).name}"[:40], fontsize=7)
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+    fig.suptitle(f"highest-scoring pairs that are not copies: {rows[-1]['model']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "hardest_negatives.png", dpi=100)
+    plt.close(fig)
+    print(f"pictures: {out / 'precision_recall.png'}, {out / 'hardest_negatives.png'}", file=sys.stderr)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", default=str(SHARED / "data" / "food7"))
-    ap.add_argument("--train", type=int, default=600)
+    ap.add_argument("--train", type=int, default=1150)
     ap.add_argument("--test", type=int, default=150)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -168,7 +213,8 @@ def main() -> None:
     print(f"copy detection: {a.test} unseen photos + 1 copyset copy each + {a.test} distractors "
           f"(" + (f"checkpoint {a.checkpoint}, " if a.checkpoint else f"train {a.train} photos, {a.epochs} epochs, batch {a.batch_size}, ")
           + f"seed {a.seed}{', ' + ' '.join(a.fit) if a.fit else ''})")
-    cols = list(rows[0])
+    pictures(rows, out)
+    cols = [c for c in rows[0] if not c.startswith("_")]
     print(" | ".join(f"{c:>10}" if c != "model" else f"{c:<36}" for c in cols))
     for r in rows:
         cells = []
