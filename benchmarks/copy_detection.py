@@ -105,15 +105,36 @@ def copy_set(originals, folder: Path, seed: int):
     return copies
 
 
+def same_photos(listing: str, images: str, items, groups: list[int]) -> int:
+    """Merge, in place, the groups of test photos that ``listing`` names as one picture (lines
+    "a b", paths under ``images``; # comments); returns how many listed pairs are in the test set."""
+    if listing == "none":
+        return 0
+    where = {str(Path(r.path).resolve()): k for k, r in enumerate(items)}
+    merged = 0
+    for line in Path(listing).read_text().splitlines():
+        line = line.split("#")[0].split()
+        if not line:
+            continue
+        ka, kb = (where.get(str((Path(images) / p).resolve())) for p in line)
+        if ka is None or kb is None:
+            continue
+        old, new = groups[kb], groups[ka]
+        groups[:] = [new if g == old else g for g in groups]
+        merged += 1
+    return merged
+
+
 def train(train_records, out: Path, epochs: int, batch_size: int, workers: int, extra: list[str]) -> str:
     from zoo.cli import main
 
     data = out / "train"
     data.mkdir(parents=True, exist_ok=True)
+    for old in data.iterdir():  # links of an earlier run (another --train): this run's set only
+        if old.is_symlink():
+            old.unlink()
     for i, r in enumerate(train_records):
-        link = data / f"{i:05d}{Path(r.path).suffix}"
-        if not link.exists():
-            link.symlink_to(r.path)
+        (data / f"{i:05d}{Path(r.path).suffix}").symlink_to(r.path)
     runs = out / "runs"
     args = ["fit", "--config", str(ROOT / "configs/copydetect/mobilenetv2_shared.yaml"), "--model.weights", FROZEN["weights"],
             "--data.root", str(data), "--data.batch_size", str(batch_size), "--data.num_workers", str(workers),
@@ -197,6 +218,8 @@ def main() -> None:
     ap.add_argument("--frozen-only", action="store_true", help="score the frozen models only")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 0.95])
     ap.add_argument("--out", default="copy-detection-results")
+    ap.add_argument("--same-photos", default=str(ROOT / "benchmarks" / "food7_same_photos.txt"),
+                    help="pairs of photos (paths under --images) that are one picture: counted as copies; 'none': raw labels")
     ap.add_argument("--fit", nargs=argparse.REMAINDER, default=[], help="more `zoo fit` options, e.g. --fit --model.lr 0.003")
     a = ap.parse_args()
     out = Path(a.out)
@@ -204,6 +227,7 @@ def main() -> None:
     copies = copy_set(originals, out / "copies", a.seed)
     items = [*originals, *copies, *distractors]
     groups = [*range(len(originals)), *range(len(originals)), *range(len(originals), len(originals) + len(distractors))]
+    merged = same_photos(a.same_photos, a.images, items, groups)
     rows = [evaluate("frozen mobilenetv2_100 (avg pool)", zoo.ZooModel(**FROZEN), items, groups, a.thresholds, a.workers),
             evaluate("frozen mobilenetv2_100 (GeM p=3)", zoo.ZooModel(**FROZEN_GEM), items, groups, a.thresholds, a.workers)]
     if not a.frozen_only:
@@ -212,7 +236,9 @@ def main() -> None:
 
     print(f"copy detection: {a.test} unseen photos + 1 copyset copy each + {a.test} distractors "
           f"(" + (f"checkpoint {a.checkpoint}, " if a.checkpoint else f"train {a.train} photos, {a.epochs} epochs, batch {a.batch_size}, ")
-          + f"seed {a.seed}{', ' + ' '.join(a.fit) if a.fit else ''})")
+          + f"seed {a.seed}{', ' + ' '.join(a.fit) if a.fit else ''}); "
+          + (f"{merged} pairs of test photos that are one picture count as copies ({a.same_photos})" if merged
+             else "raw labels: every pair of distinct photos is a non-copy"))
     pictures(rows, out)
     cols = [c for c in rows[0] if not c.startswith("_")]
     print(" | ".join(f"{c:>10}" if c != "model" else f"{c:<36}" for c in cols))
