@@ -1,7 +1,7 @@
 """Copy detection on unseen photos: frozen ImageNet MobileNetV2 versus the copydetect recipe.
 
     python benchmarks/copy_detection.py [--images ../shared/data/food7] [--train 1150] [--test 150]
-        [--epochs 3] [--checkpoint CKPT] [--frozen-only] [--out copy-detection-results] [--fit ...]
+        [--epochs 5] [--checkpoint CKPT] [--frozen-only] [--out copy-detection-results] [--fit ...]
 
 A seeded split of the folder's photos (classes are ignored): ``--test`` photos, never seen in
 training, each get one copy made by three random edits out of six (the ``copyset`` edits: crop
@@ -210,7 +210,7 @@ def main() -> None:
     ap.add_argument("--images", default=str(SHARED / "data" / "food7"))
     ap.add_argument("--train", type=int, default=1150)
     ap.add_argument("--test", type=int, default=150)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
