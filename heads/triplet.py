@@ -37,8 +37,57 @@ def ntxent_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: flo
     return losses.NTXentLoss(temperature=temperature)(embeddings, labels)
 
 
+def koleo_loss(embeddings: torch.Tensor, labels: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo (Kozachenko-Leonenko) entropy regulariser of SSCD over L2-normalised embeddings
+    (B, D): -mean over i of log(distance from i to its nearest neighbour of another label).
+    It spreads unrelated images apart, so that fewer of them score like copies."""
+    d = torch.cdist(embeddings, embeddings)  # (B, B)
+    same = labels[:, None] == labels[None, :]  # (B, B), the diagonal included
+    nearest = d.masked_fill(same, float("inf")).min(dim=1).values  # (B,)
+    keep = torch.isfinite(nearest)
+    return -torch.log(nearest[keep] + eps).mean() if keep.any() else embeddings.new_zeros(())
+
+
+class ResidualProjection(nn.Module):
+    """x + mlp(x) (B, in_features): an MLP whose last layer starts at zero, so that the
+    projection starts as the identity and training moves it away only as far as it helps."""
+
+    def __init__(self, in_features: int, hidden_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_features, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, in_features),
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x)
+
+
+def identity_linear(in_features: int) -> nn.Linear:
+    """A square linear layer that starts as the identity (weight I, bias 0)."""
+    layer = nn.Linear(in_features, in_features)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(in_features))
+        layer.bias.zero_()
+    return layer
+
+
+PROJECTIONS = ("mlp", "linear", "residual", "identity")
+
+
 class TripletHead(Head):
-    """MLP projection (in_features -> hidden_dim -> embedding_dim), L2-normalised.
+    """A projection of the backbone features, L2-normalised.
+
+    projection: "mlp" (in_features -> hidden_dim -> embedding_dim, random init); or one that
+    starts at the backbone's own features, so that before training the embeddings are the
+    normalised features and fine-tuning starts from where a frozen model stands: "linear"
+    (in_features -> in_features, initialised as the identity), "residual" (x + mlp(x), the
+    MLP's last layer zero-initialised) or "identity" (no parameters: only the backbone
+    trains). These keep embedding_dim = in_features.
 
     mining: which triplets of a batch the loss sees. "semihard" (d_ap < d_an < d_ap + margin)
     and "batch_hard" (hardest positive and negative per anchor) suit a pretrained backbone;
@@ -53,30 +102,49 @@ class TripletHead(Head):
     def __init__(
         self,
         in_features: int | None,
-        embedding_dim: int = 128,
+        embedding_dim: Optional[int] = None,
         hidden_dim: int = 512,
         margin: float = 0.2,
         mining: Literal["semihard", "hard", "all", "batch_hard"] = "semihard",
         dropout: float = 0.0,
         loss: Literal["triplet", "ntxent"] = "triplet",
         temperature: float = 0.1,
+        projection: Literal["mlp", "linear", "residual", "identity"] = "mlp",
+        koleo_weight: float = 0.0,
     ):
+        """embedding_dim: the mlp's output (default 128); the other projections keep
+        in_features, and an embedding_dim other than that is an error. koleo_weight: adds
+        that many times the KoLeo entropy regulariser (``koleo_loss``) to the loss."""
         super().__init__()
         if in_features is None:
             raise ZooError("head 'triplet' needs a backbone")
-        self.dim = embedding_dim
-        self.mlp = nn.Sequential(
-            nn.Linear(in_features, hidden_dim),
-            nn.BatchNorm1d(hidden_dim),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden_dim, embedding_dim),
-        )
+        if projection not in PROJECTIONS:
+            raise ZooError(f"head 'triplet': projection '{projection}' is not one of {', '.join(PROJECTIONS)}")
+        if projection == "mlp":
+            self.dim = 128 if embedding_dim is None else embedding_dim
+            self.mlp = nn.Sequential(
+                nn.Linear(in_features, hidden_dim),
+                nn.BatchNorm1d(hidden_dim),
+                nn.ReLU(inplace=True),
+                nn.Dropout(dropout),
+                nn.Linear(hidden_dim, self.dim),
+            )
+        else:
+            if embedding_dim is not None and embedding_dim != in_features:
+                raise ZooError(f"head 'triplet': projection '{projection}' keeps the backbone's {in_features} "
+                               f"dimensions; embedding_dim {embedding_dim} needs projection mlp")
+            self.dim = in_features
+            self.mlp = {"linear": lambda: identity_linear(in_features),
+                        "residual": lambda: ResidualProjection(in_features, hidden_dim, dropout),
+                        "identity": nn.Identity}[projection]()
+        self.projection = projection
         if loss not in ("triplet", "ntxent"):
             raise ZooError(f"head 'triplet': loss '{loss}' is not one of triplet, ntxent")
         if temperature <= 0:
             raise ZooError(f"head 'triplet': temperature {temperature} must be positive")
-        self.loss_name, self.temperature = loss, temperature
+        if koleo_weight < 0:
+            raise ZooError(f"head 'triplet': koleo_weight {koleo_weight} must not be negative")
+        self.loss_name, self.temperature, self.koleo_weight = loss, temperature, koleo_weight
 
         from pytorch_metric_learning import losses, miners  # training only: slow import (scipy)
 
@@ -93,11 +161,16 @@ class TripletHead(Head):
         if labels is None:
             raise ZooError("the triplet head needs labels or augmentation pairs in each batch")
         emb = self(features)
+        logs = {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
         if self.loss_name == "ntxent":
-            return ntxent_loss(emb, labels, self.temperature), {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
-        triplets = self.miner(emb, labels)
-        loss = self.loss_fn(emb, labels, triplets)
-        return loss, {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
+            loss = ntxent_loss(emb, labels, self.temperature)
+        else:
+            loss = self.loss_fn(emb, labels, self.miner(emb, labels))
+        if self.koleo_weight:
+            koleo = koleo_loss(emb, labels)
+            logs["koleo"] = koleo.detach()
+            loss = loss + self.koleo_weight * koleo
+        return loss, logs
 
 
 register_head(TripletHead, name="triplet")

@@ -118,6 +118,76 @@ def test_ntxent_loss_matches_the_formula():
         TripletHead(6, loss="arcface")
 
 
+@pytest.mark.parametrize("projection", ["linear", "residual", "identity"])
+def test_projections_start_at_the_backbone_features_then_train(projection):
+    from zoo.heads.triplet import ntxent_loss
+
+    model = zoo.ZooModel("test_resnet", head="triplet", pretrained=False,
+                         head_kwargs={"projection": projection, "loss": "ntxent"}).build().eval()
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.backbone(images)  # (4, dim)
+        assert model.embedding_dim == feats.shape[1]
+        assert torch.allclose(model(images), torch.nn.functional.normalize(feats, dim=1), atol=1e-6)
+    if projection == "identity":
+        assert not list(model.head.parameters())
+        return
+    opt = torch.optim.SGD(model.head.parameters(), lr=0.5)
+    ntxent_loss(model.head(feats), torch.tensor([0, 0, 1, 1])).backward()
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(model(images), torch.nn.functional.normalize(feats, dim=1), atol=1e-4)
+
+
+def test_copydetect_config_starts_at_the_frozen_gem_features():
+    import yaml
+    from pathlib import Path
+
+    cfg = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "configs/copydetect/mobilenetv2_shared.yaml"))["model"]
+    cfg = {**cfg, "weights": None, "pretrained": False, "data_config": {**cfg["data_config"], "input_size": [3, 64, 64]}}
+    trained = zoo.ZooModel(**cfg).build().eval()
+    frozen = zoo.ZooModel(**{k: v for k, v in cfg.items() if k not in ("head", "head_kwargs", "freeze_until")}).build().eval()
+    assert trained.head.projection == "linear" and trained.head.loss_name == "ntxent"
+    assert type(trained.backbone.model.global_pool).__name__ == "GeM"
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(trained(images), frozen(images), atol=1e-6)
+
+
+def test_projection_options_and_bad_values(zoo_cli, shapes_dir, tmp_path):
+    from zoo.heads.triplet import TripletHead
+
+    assert TripletHead(6).dim == 128 and isinstance(TripletHead(6).mlp[1], torch.nn.BatchNorm1d)  # the default mlp
+    assert TripletHead(6, embedding_dim=3).dim == 3 and TripletHead(6, projection="linear", embedding_dim=6).dim == 6
+    with pytest.raises(ZooError, match="^head 'triplet': projection 'pca' is not one of mlp, linear, residual, identity$"):
+        TripletHead(6, projection="pca")
+    with pytest.raises(ZooError, match="projection 'linear' keeps the backbone's 6 dimensions; embedding_dim 3 needs projection mlp"):
+        TripletHead(6, projection="linear", embedding_dim=3)
+    code, out, err = zoo_cli("fit", "--data.root", shapes_dir, "--model.backbone", "test_resnet", "--model.head", "triplet",
+                             "--model.head_kwargs", "{projection: pca}", "--trainer.default_root_dir", tmp_path,
+                             "--trainer.logger.init_args.save_dir", tmp_path, *TINY[:4], "--data.num_workers", "0",
+                             "--data.batch_size", "4", "--data.samples_per_class", "2")
+    assert code != 0 and err.strip().splitlines()[-1].startswith("zoo: error: head 'triplet': projection 'pca'")
+    assert "Traceback" not in err
+
+
+def test_koleo_regulariser_on_constructed_embeddings():
+    from zoo.heads.triplet import TripletHead, koleo_loss, ntxent_loss
+
+    emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 2])
+    # nearest other-label neighbours: 0 -> 2 (sqrt 2), 1 -> 2 (sqrt 0.8), 2 -> 1 (sqrt 0.8), 3 -> 2 (sqrt 2)
+    expected = -(2 * math.log(math.sqrt(2)) + 2 * math.log(math.sqrt(0.8))) / 4
+    assert koleo_loss(emb, labels).item() == pytest.approx(expected, abs=1e-6)
+    assert koleo_loss(emb, torch.zeros(4, dtype=torch.long)).item() == 0.0  # no other label: nothing to spread
+    head = TripletHead(2, projection="identity", loss="ntxent", koleo_weight=0.5)
+    loss, logs = head.training_loss(emb, None, labels)
+    assert loss.item() == pytest.approx(ntxent_loss(emb, labels).item() + 0.5 * expected, abs=1e-5)
+    assert logs["koleo"].item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ZooError, match="koleo_weight -1 must not be negative"):
+        TripletHead(2, koleo_weight=-1)
+
+
 def test_gem_pooling_option():
     from zoo.backbones.timm_backbone import GeM
 
