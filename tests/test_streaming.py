@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -46,7 +47,8 @@ def test_loader_hands_over_uint8_and_embeddings_equal_the_float_transform(shapes
     records = scan_folder(shapes_dir)
     item = ImageDataset(records, pixel_transform(model))[0]
     assert item["image"].dtype == torch.uint8 and tuple(item["image"].shape) == (3, 64, 64)
-    emb = embed(model, records, trainer=default_trainer(False))
+    cpu = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    emb = embed(model, records, trainer=cpu)  # fp32 on the CPU, to compare with the float path exactly
     with torch.no_grad():  # the float path, as timm's own transform makes it
         ref = model.eval()(torch.stack([eval_transform(model)(Image.open(r.path).convert("RGB")) for r in records]))
     np.testing.assert_allclose(emb.vectors, ref.numpy(), atol=1e-5)
