@@ -179,7 +179,7 @@ class ImageDataset(Dataset):
                 data = read_bytes(r.path)
             except OSError as e:
                 return {"index": i, "error": f"cannot read ({e.strerror})"}
-            if device_decodable(data.tobytes()):
+            if device_decodable(memoryview(data)):
                 return {"index": i, "jpeg": data}
         try:
             image = r.image if r.image is not None else load_image(r.path, self.draft_size)

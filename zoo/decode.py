@@ -21,7 +21,7 @@ from PIL import Image
 DECODE_MODES = ("auto", "cpu", "device")
 
 
-def device_decodable(data: bytes) -> bool:
+def device_decodable(data: bytes | memoryview) -> bool:
     """True for an 8-bit baseline (sequential) RGB JPEG, upright, with its end marker: what
     every device decoder reads exactly as Pillow does. Reads the header only."""
     if len(data) < 4 or data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
@@ -41,7 +41,7 @@ def device_decodable(data: bytes) -> bool:
         return False
 
 
-def _frame_type(data: bytes) -> Optional[int]:
+def _frame_type(data: bytes | memoryview) -> Optional[int]:
     """The JPEG start-of-frame marker (0xC0 baseline, 0xC2 progressive, 0xC9 arithmetic, ...),
     found by walking the header's segments; None if there is none before the image data."""
     i = 2

@@ -101,6 +101,13 @@ def pixel_transform(model: ZooModel):
     return timm.data.create_transform(**model.data_config, is_training=False, use_prefetcher=True)
 
 
+def draft_size(model: ZooModel) -> int:
+    """The size a big JPEG may be decoded at (Pillow's draft mode) and still feed the model's
+    resize without loss: the shorter side before the centre crop."""
+    cfg = model.data_config
+    return int(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0) + 1)
+
+
 def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, batch_size: int, num_workers: int,
                 decode: str = "auto", indices: Optional[Sequence[int]] = None) -> tuple[DataLoader, str]:
     """A loader of uint8 pixels (or JPEG bytes, when decoding on the device) for ``records``;
@@ -115,9 +122,8 @@ def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, 
     mode = resolve_decode(decode, device)
     if mode == "device" and not model.device_preprocess.can_decode:
         mode = "cpu"  # a non-square or non-centre crop: timm's transform on the CPU
-    cfg = model.data_config
-    draft = int(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0) + 1)
-    dataset = ImageDataset(records, pixel_transform(model), draft_size=draft, indices=indices, jpeg_bytes=mode == "device")
+    dataset = ImageDataset(records, pixel_transform(model), draft_size=draft_size(model), indices=indices,
+                           jpeg_bytes=mode == "device")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
                         persistent_workers=False, pin_memory=device.type == "cuda",
                         worker_init_fn=ignore_sigint if num_workers > 0 else None)
@@ -127,7 +133,7 @@ def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, 
 def describe_run(trainer: L.Trainer, model: ZooModel, n: int, mode: str, batch_size: int, num_workers: int) -> str:
     device = trainer.strategy.root_device
     devices = f"{trainer.world_size} x {device.type}" if trainer.world_size > 1 else str(device)
-    layout = ", channels_last" if model.channels_last or (model.channels_last is None and device.type == "cuda") else ""
+    layout = ", channels_last" if model.uses_channels_last(device) else ""
     return (f"zoo: embedding {n} images on {devices}, precision {trainer.precision}{layout}, "
             f"decoding on the {'device' if mode == 'device' else 'CPU'}, batch {batch_size}, {num_workers} loader workers")
 

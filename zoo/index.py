@@ -248,8 +248,6 @@ class ZooIndex:
             self.train(job.gather, n)
         for positions, vectors in job.ordered():
             self.add(vectors, [records[p] for p in positions])
-        self.store.set_skipped((self.relative(records[p].path), reason, *file_state(records[p].path))
-                               for p, reason in job.skipped())
 
     def remove(self, ids: Sequence[int]) -> None:
         if len(ids) == 0:
@@ -324,6 +322,11 @@ class ZooIndex:
         """Absolute paths of the items ``ids``, in that order."""
         rows = self.store.get(list(map(int, ids)))
         return [self._item(rows[int(i)])["path"] for i in ids]
+
+    def add_skipped(self, skipped: Sequence[tuple[str, str]]) -> None:
+        """Remember (absolute path, reason) of files that could not be used, with their size and
+        time, so that an update reads them again only once they change."""
+        self.store.set_skipped((self.relative(p), reason, *file_state(p)) for p, reason in skipped)
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -601,7 +604,7 @@ def _embed_into(index: ZooIndex, model, records: list[Record], trainer, batch_si
             raise ZooError("no usable images to index")
         return index
     index.add(emb.vectors, emb.records)
-    index.store.set_skipped((index.relative(p), reason, *file_state(p)) for p, reason in emb.skipped)
+    index.add_skipped(emb.skipped)
     return index
 
 
@@ -622,6 +625,7 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
     if primary and records:
         index.add_shards(job, records)
         skipped = [(records[p].path, reason) for p, reason in job.skipped()]
+        index.add_skipped(skipped)
         if skipped:
             report_skipped(skipped)
     return job

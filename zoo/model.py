@@ -207,7 +207,7 @@ class ZooModel(L.LightningModule):
         """Decode the batch's JPEG bytes on the device; the few the device decoder refuses are
         decoded by Pillow here, and reported if Pillow cannot read them either."""
         from zoo.data import load_image
-        from zoo.embed import pixel_transform
+        from zoo.embed import draft_size, pixel_transform
 
         jpegs = [torch.from_numpy(a) for a in batch.pop("jpeg")]
         where = batch.pop("jpeg_index").to(batch["index"].device)  # (J,)
@@ -217,9 +217,10 @@ class ZooModel(L.LightningModule):
         index = [batch["index"]] if batch["image"].ndim == 4 else []
         images.append(decoded)
         index.append(where[ok])
+        transform = pixel_transform(self) if failed else None  # the workers' own path
         for i in failed:
             try:
-                pixels = pixel_transform(self)(load_image(jpegs[i].numpy().tobytes()))
+                pixels = transform(load_image(jpegs[i].numpy().tobytes(), draft_size(self)))
             except ValueError as e:
                 batch["skipped"] = [*batch.get("skipped", []), (int(where[i]), str(e))]
                 continue
@@ -229,14 +230,15 @@ class ZooModel(L.LightningModule):
         return batch
 
     def on_predict_start(self) -> None:
-        if self._use_channels_last():
+        if self.uses_channels_last(self.device):
             self.to(memory_format=torch.channels_last)
 
-    def _use_channels_last(self) -> bool:
-        return self.device.type == "cuda" if self.channels_last is None else bool(self.channels_last)
+    def uses_channels_last(self, device: torch.device) -> bool:
+        """Channels-last layout for a forward on ``device``: as set, else on CUDA."""
+        return device.type == "cuda" if self.channels_last is None else bool(self.channels_last)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        if len(batch["index"]) and self._use_channels_last():
+        if len(batch["index"]) and self.uses_channels_last(self.device):
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         emb = self(batch["image"]) if len(batch["index"]) else torch.empty(0, self.embedding_dim)
         if self.hparams.float16_embeddings:

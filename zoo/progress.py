@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -30,14 +31,10 @@ class StderrProgressBar(TQDMProgressBar):
 
     # embedding: images per second beside the bar's batches and ETA
     def on_predict_epoch_start(self, trainer, pl_module) -> None:
-        import time
-
         super().on_predict_epoch_start(trainer, pl_module)
         self._images, self._start = 0, time.perf_counter()
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        import time
-
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         if isinstance(outputs, dict) and "index" in outputs:
             self._images += len(outputs["index"]) + len(outputs.get("skipped", []))

@@ -47,7 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zoo.compare import similarity_score
 from zoo.data import load_image
-from zoo.embed import eval_transform
+from zoo.embed import draft_size, eval_transform
 from zoo.errors import ZooError
 from zoo.index import ZooIndex, load_index
 
@@ -78,8 +78,7 @@ class SearchService:
         self.max_upload_bytes = max_upload_bytes
         self.model = index.model().eval()  # the index's own model (checked against its identity)
         self.transform = eval_transform(self.model)
-        cfg = self.model.data_config
-        self.draft = int(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0) + 1)  # as zoo.embed
+        self.draft = draft_size(self.model)
         self.lock = threading.Lock()
         self.thumbnail = lru_cache(maxsize=1024)(self._thumbnail)
         self.duplicates = load_duplicates(duplicates, self) if duplicates else None

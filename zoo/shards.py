@@ -107,9 +107,9 @@ class ShardJob:
             raise self._damaged(name, "not an array of numbers")
         return a
 
-    def positions(self) -> list[np.ndarray]:
+    def positions(self, stems: Optional[list[str]] = None) -> list[np.ndarray]:
         out = []
-        for s in self.shards():
+        for s in self.shards() if stems is None else stems:
             p = self._load(f"{s}.index.npy")
             if p.ndim != 1 or p.dtype.kind not in "iu" or (len(p) and (p.min() < 0 or p.max() >= self.n)):
                 raise self._damaged(f"{s}.index.npy", f"positions outside 0..{self.n - 1}")
@@ -142,10 +142,17 @@ class ShardJob:
     # ---- reading back, in record order ----------------------------------------------------
     def _layout(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """Memory-mapped vectors of every shard, and for each embedded record in record order:
-        its position, its shard and its row there (a record written twice counts once)."""
+        its position, its shard and its row there (a record written twice counts once).
+        Read once per set of shards: count, gather and ordered share it."""
         stems = self.shards()
+        if getattr(self, "_read", None) is not None and self._read[0] == stems:
+            return self._read[1]
+        self._read = (stems, self._read_layout(stems))
+        return self._read[1]
+
+    def _read_layout(self, stems: list[str]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         vectors = [self._load(f"{s}.vectors.npy", mmap=True) for s in stems]
-        pos = self.positions()
+        pos = self.positions(stems)
         for s, v, p in zip(stems, vectors, pos):
             if len(p) and (v.ndim != 2 or len(v) != len(p)):
                 raise self._damaged(f"{s}.vectors.npy", f"{len(v)} rows for {len(p)} positions")
