@@ -162,6 +162,7 @@ def evaluate(name: str, model, items, groups, thresholds, workers: int) -> dict:
     hit = threshold_for_precision(scores, positive, 0.95)
     row["thr@p95"], row["recall@p95"] = hit["threshold"], hit["recall"]
     row["pairs"] = f"{int(positive.sum())}/{len(positive)}"
+    row["_weights"] = model.weights_id
     print(f"{name}: embedded {len(emb.records)} images in {time.time() - t:.0f} s", file=sys.stderr)
     kept = [r for r in items if r.path in keep]
     i, j = np.triu_indices(len(kept), 1)  # pair_scores' order
@@ -248,6 +249,8 @@ def main() -> None:
             v = r[c]
             cells.append(f"{v:<36}" if c == "model" else f"{v:>10.3f}" if isinstance(v, float) else f"{str(v):>10}")
         print(" | ".join(cells))
+    for r in rows:
+        print(f"# {r['model']}: weights {r['_weights']}")
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ def main() -> None:
     records = scan_folder(photos)
     model = zoo.ZooModel(args.backbone, pretrained=False).build()
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# {args.backbone}, {model.data_config['input_size'][1]} px, {len(records)} JPEGs of 500x375, "
+    print(f"# {args.backbone} ({model.weights_id}), {model.data_config['input_size'][1]} px, {len(records)} JPEGs of 500x375, "
           f"batch {args.batch_size}, {args.num_workers} loader workers; {name}", flush=True)
 
     rows = forward_rows(model, args.batch_size, args.seconds, device)
@@ -187,7 +187,7 @@ def main() -> None:
     for n, r in rows:
         print(f"| {n} | {r:,.1f} | {r / best:.2f} |")
     if args.rss:
-        print(f"\n# peak RSS of `zoo index` ({args.rss_backbone}, {args.rss_size} px, batch 64, 2 workers)")
+        print(f"\n# peak RSS of `zoo index` ({args.rss_backbone}, random init, {args.rss_size} px, batch 64, 2 workers)")
         print("|    images | peak MiB   | index on disk MiB | img/s |")
         print("|---:|---:|---:|---:|")
         for row in rss_rows(photos, args.rss, args.rss_backbone, args.rss_size):

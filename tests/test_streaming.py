@@ -242,6 +242,8 @@ def test_two_processes_build_the_same_index_as_one(shapes_dir, tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert run.returncode == 0, run.stderr[-800:]
     assert "embedding 12 images on 2 x cpu" in run.stderr and "MEMBER: 2/2" in run.stderr
+    # the first process's bar: its own half (3 batches of 2), so the other half came from the other's shards
+    assert "| 3/3 [" in run.stderr and "/6 [" not in run.stderr
     assert run.stdout.count("zoo: indexed 12 items") == 1  # one process builds and reports the index
     same_index(zoo.load_index(out), zoo.build_index(shapes_dir, tiny_model()))
 
