@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 import zoo
-from zoo.augment import make_copy
-from zoo.data import Record, scan_folder
-from zoo.embed import embed
-from zoo.pairs import at_threshold, average_precision, pair_scores, pr_curve, threshold_for_precision
+from zoo.data.augment import make_copy
+from zoo.data.images import Record, scan_folder
+from zoo.embed.runner import embed
+from zoo.metrics.pairs import at_threshold, average_precision, pair_scores, pr_curve, threshold_for_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -126,7 +126,7 @@ def same_photos(listing: str, images: str, items, groups: list[int]) -> int:
 
 
 def train(train_records, out: Path, epochs: int, batch_size: int, workers: int, extra: list[str]) -> str:
-    from zoo.cli import main
+    from zoo.cli.main import main
 
     data = out / "train"
     data.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,8 @@ import torch
 from PIL import Image
 
 import zoo
-from zoo.data import scan_folder
-from zoo.embed import default_trainer, make_loader
+from zoo.data.images import scan_folder
+from zoo.embed.runner import default_trainer, make_loader
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

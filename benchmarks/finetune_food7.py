@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from zoo.cli import main as zoo
-from zoo.data import scan_folder
+from zoo.cli.main import main as zoo
+from zoo.data.images import scan_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -47,8 +47,8 @@ class StubModel:
 def one(n: int, dim: int, factory: str, work: Path) -> dict:
     import faiss
 
-    from zoo.data import Record
-    from zoo.index import ZooIndex, load_index
+    from zoo.data.images import Record
+    from zoo.index.core import ZooIndex, load_index
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     x = vectors(n, dim)

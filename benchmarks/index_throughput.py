@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 import zoo
-from zoo.data import scan_folder
-from zoo.embed import embed
+from zoo.data.images import scan_folder
+from zoo.embed.runner import embed
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -28,10 +28,10 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 import zoo
-from zoo.data import Record, load_image, scan_folder
-from zoo.duplicates import connected_components, similar_pairs
-from zoo.embed import embed
-from zoo.resources import PeakMemory
+from zoo.data.images import Record, load_image, scan_folder
+from zoo.dedup.duplicates import connected_components, similar_pairs
+from zoo.embed.runner import embed
+from zoo.evaluate.resources import PeakMemory
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

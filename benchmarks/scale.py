@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 
-from zoo.pairsearch import choose_method, exact_search, ivf_search, make_groups
-from zoo.resources import PeakMemory
+from zoo.dedup.pairsearch import choose_method, exact_search, ivf_search, make_groups
+from zoo.evaluate.resources import PeakMemory
 
 
 def synthetic(n: int, dim: int, seed: int = 0, copy_share: float = 0.01, chunk: int = 65536

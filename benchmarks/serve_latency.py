@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from zoo.data import scan_folder
-from zoo.serve import spawn_server
+from zoo.data.images import scan_folder
+from zoo.serve.app import spawn_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -29,7 +29,7 @@ def shapes_dir(tmp_path) -> Path:
 @pytest.fixture
 def zoo_cli(capsys):
     """Run `zoo ARGS` in this process; returns (exit code, stdout, stderr)."""
-    from zoo.cli import main
+    from zoo.cli.main import main
 
     def run(*args: str):
         code = main([str(a) for a in args])

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from zoo.analysis import (QueryDiagnostics, bootstrap_ci, query_diagnostics, twin_note, twin_report, twin_warning,
+from zoo.evaluate.analysis import (QueryDiagnostics, bootstrap_ci, query_diagnostics, twin_note, twin_report, twin_warning,
                           worst_queries)
-from zoo.metrics import retrieval_metrics
+from zoo.metrics.retrieval import retrieval_metrics
 from conftest import TINY
 
 # leave-one-out over 4 items: q0, q1 (class 0) are near-identical (cosine 0.985); q2, q3 are
@@ -60,9 +60,9 @@ def test_worst_queries_order_by_lowest_similarity_to_own_class():
 
 
 def test_benchmark_warns_of_twins_and_reports_hit1_without_them(shapes_dir, tmp_path, zoo_cli):
-    from zoo.data import records_from
-    from zoo.embed import embed
-    from zoo.model import ZooModel
+    from zoo.data.images import records_from
+    from zoo.embed.runner import embed
+    from zoo.model.module import ZooModel
 
     for cls, name in (("circle", "000.png"), ("square", "001.png")):  # byte-identical copies: cosine 1
         shutil.copy(shapes_dir / cls / name, shapes_dir / cls / f"copy_{name}")

@@ -76,7 +76,7 @@ def test_freeze_until_stage_and_unknown_stage():
 @needs_shared
 def test_shared_mobilenetv2_classifies_and_embeds_food(tmp_path):
     import timm
-    from zoo.data import load_image
+    from zoo.data.images import load_image
 
     path = SHARED / "weights" / "mobilenetv2_100_in1k.pth"
     food = SHARED / "data" / "food7"
@@ -93,8 +93,8 @@ def test_shared_mobilenetv2_classifies_and_embeds_food(tmp_path):
     m = zoo.ZooModel("timm/mobilenetv2_100", weights=str(path)).build().eval()
     assert m.data_config["mean"] == (0.5, 0.5, 0.5) and m.data_config["interpolation"] == "bilinear"
     assert m.weights_id.endswith("90b5a777abde1f1873ba97b617915c8e3ea91a58d124ed1e9efa68ac6373ff9a")
-    from zoo.data import records_from
-    from zoo.embed import embed
+    from zoo.data.images import records_from
+    from zoo.embed.runner import embed
 
     a = sorted((food / "satay").iterdir())[:6]
     b = sorted((food / "apam_balik").iterdir())[:6]

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from zoo.benchmark import make_protocol
-from zoo.data import records_from
-from zoo.embed import embed
-from zoo.metrics import retrieval_metrics
-from zoo.model import ZooModel
+from zoo.evaluate.benchmark import make_protocol
+from zoo.data.images import records_from
+from zoo.embed.runner import embed
+from zoo.metrics.retrieval import retrieval_metrics
+from zoo.model.module import ZooModel
 from conftest import TINY
 
 

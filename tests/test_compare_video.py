@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import zoo
-from zoo.compare import similarity_score
+from zoo.dedup.compare import similarity_score
 from conftest import TINY
 
 
@@ -47,7 +47,7 @@ def make_video(path, n=20):
 
 
 def test_video_gallery_frames_and_search_by_example(tmp_path, zoo_cli):
-    from zoo.video import read_frame
+    from zoo.data.video import read_frame
 
     clip = tmp_path / "clip.mp4"
     make_video(clip)

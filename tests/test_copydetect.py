@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 import zoo
-from zoo.augment import PRESETS, SomeOf, build_augmentation, edits, make_copy, resolve_spec
-from zoo.calibrate import lookup_threshold, save_entry
-from zoo.datamodule import ZooDataModule
+from zoo.data.augment import PRESETS, SomeOf, build_augmentation, edits, make_copy, resolve_spec
+from zoo.evaluate.calibration import lookup_threshold, save_entry
+from zoo.data.datamodule import ZooDataModule
 from zoo.errors import ZooError
-from zoo.pairs import average_precision, pair_scores, pr_curve, threshold_for_precision
+from zoo.metrics.pairs import average_precision, pair_scores, pr_curve, threshold_for_precision
 from conftest import TINY
 from shapes import make_shapes
 
@@ -80,8 +80,8 @@ def test_some_of_applies_exactly_n_in_order():
 
 
 def test_unlabelled_validation_pairs_each_image_with_a_fixed_copy(tmp_path):
-    from zoo.data import scan_folder
-    from zoo.datamodule import AugmentedQueries
+    from zoo.data.images import scan_folder
+    from zoo.data.datamodule import AugmentedQueries
 
     make_shapes(tmp_path / "s", per_class=3, seed=0, shapes=("circle",))
     records = scan_folder(tmp_path / "s")
@@ -294,7 +294,7 @@ def test_training_validates_the_start_and_keeps_it_when_epochs_are_no_better(tmp
 
 # ---- background score normalisation ------------------------------------------------------
 def test_background_normalisation_on_constructed_vectors():
-    from zoo.normalise import background_similarity, normalised_pairs
+    from zoo.dedup.background import background_similarity, normalised_pairs
 
     angle = lambda deg: [math.cos(math.radians(deg)), math.sin(math.radians(deg))]  # noqa: E731
     vectors = np.array([angle(0), angle(10), angle(90), angle(95)], np.float32)

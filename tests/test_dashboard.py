@@ -41,7 +41,7 @@ def test_fit_with_wandb_logs_config_and_best_checkpoint_offline(tmp_path, zoo_cl
 
 def test_embed_paths_folder_and_list_and_the_record_function_stays(shapes_dir):
     import zoo.embed as embed_module
-    from zoo.embed import embed as embed_records
+    from zoo.embed.runner import embed as embed_records
 
     model = zoo.ZooModel("test_resnet", pretrained=False, data_config={"image_size": 32})
     vectors, paths = zoo.embed(shapes_dir, model=model, paths=True)
@@ -53,7 +53,7 @@ def test_embed_paths_folder_and_list_and_the_record_function_stays(shapes_dir):
     assert np.allclose(two, vectors[[3, 0]], atol=1e-5) and np.allclose(single, vectors[[3]], atol=1e-5)
     # the record-level function keeps its module, name and signature
     assert embed_module is zoo.embed and embed_module.embed is embed_records
-    from zoo.data import records_from
+    from zoo.data.images import records_from
 
     emb = zoo.embed.embed(model, records_from([paths[0]]), report=False)
     assert np.allclose(emb.vectors, vectors[[0]], atol=1e-5)
@@ -77,7 +77,7 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch):
 
 
 def test_short_help_lists_own_options_first_and_help_all_lists_everything(zoo_cli, capsys):
-    from zoo.cli import main
+    from zoo.cli.main import main
 
     def help_text(*args):
         assert main(list(args)) == 0  # help is printed and the command ends, exit code 0
@@ -98,7 +98,7 @@ def test_short_help_lists_own_options_first_and_help_all_lists_everything(zoo_cl
 def test_list_says_which_weights_are_offline(tmp_path, monkeypatch):
     cache = tmp_path / "hf"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    from zoo import listing
+    from zoo.model import listing
 
     hub_id, cached = listing.hub_weights("resnet50")
     assert hub_id == "timm/resnet50.tv_in1k" and cached is None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo.data import load_image, records_from, scan_folder
+from zoo.data.images import load_image, records_from, scan_folder
 from zoo.errors import ZooError
 from conftest import save
 

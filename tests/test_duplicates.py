@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from zoo.duplicates import connected_components, exact_groups, similar_pairs
+from zoo.dedup.duplicates import connected_components, exact_groups, similar_pairs
 from conftest import TINY
 
 

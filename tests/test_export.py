@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import zoo
-from zoo.export import preprocess_transform
-from zoo.data import load_image
+from zoo.model.export import preprocess_transform
+from zoo.data.images import load_image
 from shapes import make_shapes
 
 

@@ -164,7 +164,7 @@ def test_overwrite_never_replaces_user_folders(shapes_dir, tmp_path, zoo_cli):
 
 # ---- 5-6: quarantine keeps one of every group; undo trusts nothing ------------------------------
 def test_quarantine_same_names_overlapping_groups_and_undo(tmp_path, zoo_cli):
-    from zoo.duplicates import components, quarantine, undo_quarantine
+    from zoo.dedup.duplicates import components, quarantine, undo_quarantine
 
     photos = tmp_path / "photos"
     rng = np.random.default_rng(0)
@@ -188,7 +188,7 @@ def test_quarantine_same_names_overlapping_groups_and_undo(tmp_path, zoo_cli):
 
 
 def test_edited_manifest_moves_nothing_outside(tmp_path, zoo_cli):
-    from zoo.duplicates import quarantine
+    from zoo.dedup.duplicates import quarantine
 
     photos, etc = tmp_path / "photos", tmp_path / "etc-copy"
     save(Image.new("RGB", (8, 8), (1, 2, 3)), photos / "a.png")
@@ -230,7 +230,7 @@ def test_index_duplicates_move_only_files_under_the_indexed_root(shapes_dir, tmp
     manifest = json.loads(next((tmp_path / "q").glob("manifest-*.json")).read_text())
     assert outside.exists() and str(outside) not in [m["from"] for m in manifest["moves"]]
     # the same group where the file outside is not the one to keep: it is named, and stays
-    from zoo.duplicates import quarantine
+    from zoo.dedup.duplicates import quarantine
 
     big = save(Image.open(outside).resize((96, 96)), shapes_dir / "big.png")
     manifest = quarantine([[str(big), str(outside)]], tmp_path / "q2", shapes_dir)
@@ -264,7 +264,7 @@ def test_second_writer_waits_for_the_lock(shapes_dir, index_dir, tmp_path):
 
 
 def test_crash_during_a_switch_keeps_the_old_index_and_is_cleaned_later(shapes_dir, index_dir, monkeypatch):
-    from zoo import indexdir
+    from zoo.index import folder as indexdir
 
     before = zoo.load_index(index_dir).paths
     save(Image.new("RGB", (32, 32), (0, 200, 0)), shapes_dir / "circle" / "new.png")
@@ -289,7 +289,7 @@ def test_crash_during_a_switch_keeps_the_old_index_and_is_cleaned_later(shapes_d
 
 # ---- 9-12: wrong results -------------------------------------------------------------------------
 def test_symlink_loop_is_followed_once(tmp_path):
-    from zoo.data import scan_folder
+    from zoo.data.images import scan_folder
 
     root = tmp_path / "pics"
     for i in range(3):
@@ -337,7 +337,7 @@ def test_update_follows_deleted_changed_and_bad_files(shapes_dir, index_dir, cap
 
 
 def test_float_tiff_in_unit_range_is_not_black(tmp_path):
-    from zoo.data import load_image
+    from zoo.data.images import load_image
 
     a = np.tile(np.linspace(0.0, 1.0, 16, dtype=np.float32), (16, 1))
     Image.fromarray(a, mode="F").save(tmp_path / "f.tif")

@@ -78,8 +78,8 @@ def test_search_with_another_model_is_refused(shapes_dir, tmp_path):
 
 
 def test_float16_embeddings_and_factory(shapes_dir, tmp_path):
-    from zoo.data import scan_folder
-    from zoo.embed import embed
+    from zoo.data.images import scan_folder
+    from zoo.embed.runner import embed
 
     m = tiny_model(float16_embeddings=True)
     e = embed(m, scan_folder(shapes_dir))
@@ -120,7 +120,7 @@ class StubModel:
 
 
 def test_auto_factory_by_size_and_memory():
-    from zoo.index import auto_factory
+    from zoo.index.core import auto_factory
 
     gb = 1 << 30
     assert auto_factory(49_999, 2048, 24 * gb) == "Flat"
@@ -130,8 +130,8 @@ def test_auto_factory_by_size_and_memory():
 
 
 def test_ivf_knobs_persist_and_remove_by_id(tmp_path):
-    from zoo.data import Record
-    from zoo.index import ZooIndex, stored_vectors
+    from zoo.data.images import Record
+    from zoo.index.core import ZooIndex, stored_vectors
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 16)).astype(np.float32)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchmetrics.functional.retrieval as R
 
-from zoo.metrics import RetrievalMetrics, per_class, ranking_metrics, retrieval_metrics
+from zoo.metrics.retrieval import RetrievalMetrics, per_class, ranking_metrics, retrieval_metrics
 
 
 def test_ranking_metrics_hand_computed():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from zoo.errors import ZooError
-from zoo.pairsearch import (component_groups, exact_search, find_pairs, group_similarity_range, index_vectors,
+from zoo.dedup.pairsearch import (component_groups, exact_search, find_pairs, group_similarity_range, index_vectors,
                             ivf_search, make_groups, star_groups)
 from conftest import TINY
 
@@ -176,7 +176,7 @@ def test_cli_duplicates_from_a_lossy_index_says_so(shapes_dir, tmp_path, zoo_cli
 
 
 def test_memory_mapped_vectors_are_searched_in_place(tmp_path):
-    from zoo.pairsearch import unit_rows
+    from zoo.dedup.pairsearch import unit_rows
 
     x, truth = planted(2000, 64, seed=5)
     np.save(tmp_path / "x.npy", x)

@@ -16,14 +16,14 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from shapes import make_shapes  # noqa: E402
 from conftest import TINY  # noqa: E402
-from zoo.index import load_index  # noqa: E402
-from zoo.serve import STATIC, SearchService, create_app  # noqa: E402
+from zoo.index.core import load_index  # noqa: E402
+from zoo.serve.app import STATIC, SearchService, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory) -> tuple[Path, Path]:
     """(images folder, index folder): 12 shapes indexed by a random-init model at 64 px."""
-    from zoo.cli import main
+    from zoo.cli.main import main
 
     root = tmp_path_factory.mktemp("serve")
     images = make_shapes(root / "shapes", per_class=4, seed=0, shapes=("circle", "square", "triangle"))
@@ -108,7 +108,7 @@ def test_compare_image_with_itself_is_exactly_one(client, indexed):
 
 
 def test_compare_two_images_matches_zoo_compare(client, service, indexed):
-    from zoo.compare import cosine_matrix, similarity_score
+    from zoo.dedup.compare import cosine_matrix, similarity_score
 
     images, _ = indexed
     a, b = images / "circle" / "000.png", images / "square" / "000.png"
@@ -149,7 +149,7 @@ def test_oversized_upload_is_413(client, service):
 
 def test_oversized_body_is_refused_before_parsing(service):
     app = create_app(service)
-    from zoo.serve import BodyLimit
+    from zoo.serve.app import BodyLimit
 
     with TestClient(BodyLimit(app, max_bytes=10_000)) as c:
         r = c.post("/api/search", files={"file": ("x.png", b"\0" * 20_000, "image/png")})
@@ -313,7 +313,7 @@ def test_served_over_http_with_token_from_env(indexed):
     """The real server process: loopback, token from ZOO_TOKEN, keep-alive answers without delay."""
     import http.client
 
-    from zoo.serve import spawn_server
+    from zoo.serve.app import spawn_server
 
     images, index = indexed
     proc, url = spawn_server(index, env={"ZOO_TOKEN": "from-env"})
@@ -339,7 +339,7 @@ def test_served_over_http_with_token_from_env(indexed):
 def test_bound_socket_listens_without_nagle():
     """Listening before the address is printed (no refused connections), and TCP_NODELAY, which
     accepted sockets inherit: without it each keep-alive response waits ~40 ms for a delayed ACK."""
-    from zoo.serve import bind
+    from zoo.serve.app import bind
 
     sock = bind("127.0.0.1", 0)
     try:
@@ -356,8 +356,8 @@ def test_bound_socket_listens_without_nagle():
 def test_video_frames_carry_frame_and_time(tmp_path):
     """A video index: results name the frame and its time; a frame's thumbnail is that frame."""
     from test_compare_video import make_video
-    from zoo.cli import main
-    from zoo.video import read_frame
+    from zoo.cli.main import main
+    from zoo.data.video import read_frame
 
     clip = tmp_path / "clip.mp4"
     make_video(clip)

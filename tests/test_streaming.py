@@ -16,9 +16,9 @@ from PIL import Image
 
 import zoo
 from conftest import SHARED, TINY, needs_shared, save
-from zoo.data import ImageDataset, scan_folder
-from zoo.decode import device_decodable
-from zoo.embed import default_trainer, embed, eval_transform, inference_precision, pixel_transform
+from zoo.data.images import ImageDataset, scan_folder
+from zoo.data.decode import device_decodable
+from zoo.embed.runner import default_trainer, embed, eval_transform, inference_precision, pixel_transform
 from zoo.errors import ZooError
 
 
@@ -105,7 +105,7 @@ def test_device_decoding_matches_the_cpu_path_and_skips_nothing_more(mixed_files
 
 
 def test_a_jpeg_the_device_decoder_refuses_is_decoded_by_pillow(mixed_files, monkeypatch):
-    from zoo.decode import DevicePreprocess
+    from zoo.data.decode import DevicePreprocess
 
     real = DevicePreprocess.decode
 

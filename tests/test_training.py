@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.datamodule import ZooDataModule
+from zoo.data.datamodule import ZooDataModule
 from zoo.errors import ZooError
 from shapes import make_shapes
 

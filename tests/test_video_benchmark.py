@@ -51,7 +51,7 @@ def make_video(path):
 
 def make_examples(folder, clip, picks):
     """Example images cut from the video's own frames; picks: (frame shown, frame claimed true)."""
-    from zoo.video import read_frame
+    from zoo.data.video import read_frame
 
     folder.mkdir()
     with open(folder / "truth.csv", "w", newline="") as f:

@@ -6,8 +6,8 @@ from zoo.registry import BACKBONES, HEADS, register_backbone, register_head  # n
 
 import zoo.backbones  # noqa: E402,F401  (registers the built-in backbones)
 import zoo.heads  # noqa: E402,F401  (registers the built-in heads)
-from zoo.model import ZooModel, load_model  # noqa: E402
-from zoo.index import ZooIndex, build_index, load_index  # noqa: E402
+from zoo.model.module import ZooModel, load_model  # noqa: E402
+from zoo.index.core import ZooIndex, build_index, load_index  # noqa: E402
 from zoo import embed  # noqa: E402  (the module, callable: zoo.embed("photos/") -> array; zoo.embed.embed: records)
 
 __all__ = [

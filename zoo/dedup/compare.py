@@ -8,8 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from zoo.data import records_from
-from zoo.embed import embed, require_some
+from zoo.data.images import records_from
+from zoo.embed.runner import embed, require_some
 from zoo.errors import ZooError
 from zoo.io import atomic_path, refuse_overwrite
 

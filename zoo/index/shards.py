@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from zoo.data import Record
+from zoo.data.images import Record
 from zoo.errors import ZooError
 from zoo.io import atomic_path, write_json
 
@@ -36,7 +36,7 @@ _SHARD = re.compile(r"^r(\d{3,})-(\d{6,})\.index\.npy$")
 
 def job_key(model_identity: dict, records: Sequence[Record]) -> str:
     """Hash of what decides the embeddings: the model and every input file as it is now."""
-    from zoo.store import file_state
+    from zoo.index.store import file_state
 
     h = hashlib.sha256(json.dumps(model_identity, sort_keys=True, default=str).encode())
     for r in records:
@@ -61,7 +61,7 @@ class ShardJob:
     # ---- the job's folder -----------------------------------------------------------------
     def prepare(self) -> None:
         """Create the folder (primary process, under the index lock); drop other jobs' work."""
-        from zoo.indexdir import WORK
+        from zoo.index.folder import WORK
 
         if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
             raise ZooError(f"{self.folder} is not a folder zoo made; remove it")

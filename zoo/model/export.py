@@ -47,7 +47,7 @@ def sidecar_path(out: str | Path) -> Path:
 
 
 def export_info(model, fmt: str, out: Path) -> dict:
-    from zoo.index import model_identity
+    from zoo.index.core import model_identity
 
     ident = model_identity(model)
     pre = ident.pop("preprocessing")

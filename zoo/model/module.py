@@ -16,7 +16,7 @@ from torchmetrics.utilities import dim_zero_cat
 from zoo.backbones.timm_backbone import Backbone, check_backbone_name, create_backbone
 from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
-from zoo.metrics import RetrievalMetrics
+from zoo.metrics.retrieval import RetrievalMetrics
 from zoo.registry import HEADS
 from zoo.weights import sha256_file
 
@@ -197,7 +197,7 @@ class ZooModel(L.LightningModule):
 
     @property
     def device_preprocess(self):
-        from zoo.decode import DevicePreprocess
+        from zoo.data.decode import DevicePreprocess
 
         if getattr(self, "_device_preprocess", None) is None:
             self._device_preprocess = DevicePreprocess(self.data_config)
@@ -206,8 +206,8 @@ class ZooModel(L.LightningModule):
     def _decode_jpegs(self, batch: dict) -> dict:
         """Decode the batch's JPEG bytes on the device; the few the device decoder refuses are
         decoded by Pillow here, and reported if Pillow cannot read them either."""
-        from zoo.data import load_image
-        from zoo.embed import draft_size, pixel_transform
+        from zoo.data.images import load_image
+        from zoo.embed.runner import draft_size, pixel_transform
 
         jpegs = [torch.from_numpy(a) for a in batch.pop("jpeg")]
         where = batch.pop("jpeg_index").to(batch["index"].device)  # (J,)
@@ -280,7 +280,7 @@ class ZooModel(L.LightningModule):
         self.log("val/map", summary["map"], prog_bar=True)
         emb, labels = self.last_validation["embeddings"], self.last_validation["labels"]
         if 2 <= len(emb) <= 4000:  # every pair: copy detection's precision/recall (zoo.pairs)
-            from zoo.pairs import pair_summary
+            from zoo.metrics.pairs import pair_summary
 
             pairs = pair_summary(emb, labels, precision=0.95)
             if pairs["pair_ap"] == pairs["pair_ap"]:  # some positive pair

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoo.data import Record
+from zoo.data.images import Record
 from zoo.errors import ZooError
 
 

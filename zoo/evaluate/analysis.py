@@ -81,7 +81,7 @@ def twin_report(vectors: np.ndarray, diag: QueryDiagnostics, hit1: np.ndarray, a
     result is that close. Returns the group count, twin queries, and hit@1 / mAP on the
     queries without a twin (the figures leave-one-out does not inflate).
     """
-    from zoo.duplicates import connected_components, similar_pairs
+    from zoo.dedup.duplicates import connected_components, similar_pairs
 
     pairs, _ = similar_pairs(vectors, threshold)
     groups = connected_components(len(vectors), pairs)

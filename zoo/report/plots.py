@@ -14,11 +14,11 @@ from zoo.io import atomic_path  # noqa: E402
 
 
 def _thumb(path: str, size: int = 160, frame=None):
-    from zoo.data import load_image
+    from zoo.data.images import load_image
 
     try:
         if frame is not None:
-            from zoo.video import read_frame
+            from zoo.data.video import read_frame
 
             im = read_frame(path, frame)
         else:

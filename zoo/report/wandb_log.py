@@ -42,7 +42,7 @@ def new_group(kind: str = "benchmark") -> str:
 
 def architecture_config(arch, row: dict) -> dict:
     """What identifies an architecture: its --model.* settings plus what they resolve to."""
-    from zoo.model import model_config
+    from zoo.model.module import model_config
 
     model = arch.model
     cfg = {k: v for k, v in model_config(model.hparams).items()}

@@ -32,10 +32,10 @@ import lightning as L
 import numpy as np
 
 import zoo
-from zoo import indexdir
-from zoo.data import Record, records_from, scan_folder
+from zoo.index import folder as indexdir
+from zoo.data.images import Record, records_from, scan_folder
 from zoo.errors import ZooError
-from zoo.store import ItemStore, file_state
+from zoo.index.store import ItemStore, file_state
 
 META_KEYS = ("model", "factory", "root", "count", "dim")
 MODEL_KEYS = ("architecture", "dim", "weights", "hparams", "recipe")
@@ -65,7 +65,7 @@ def faiss_reason(e: Exception) -> str:
 
 def model_identity(model) -> dict[str, Any]:
     """What an index records about the model that made it (plain JSON values)."""
-    from zoo.model import model_config
+    from zoo.model.module import model_config
 
     ident = {
         "architecture": model.architecture,
@@ -308,7 +308,7 @@ class ZooIndex:
     def vectors(self) -> tuple[np.ndarray, np.ndarray, bool]:
         """Every stored vector: ids (N,), vectors (N, D) float32, and whether they are decoded
         from lossy codes (SQ/PQ). Flat storage is a view on the index's memory, not a copy."""
-        from zoo.pairsearch import index_vectors
+        from zoo.dedup.pairsearch import index_vectors
 
         if isinstance(self.index, faiss.IndexIDMap2):
             vectors, lossy = index_vectors(faiss.downcast_index(self.index.index))
@@ -351,7 +351,7 @@ class ZooIndex:
     def model(self):
         """The model that built this index, rebuilt from its identity and the index's own files."""
         if self._model is None:
-            from zoo.model import ZooModel
+            from zoo.model.module import ZooModel
 
             m = self.meta["model"]
             own = self.folder / "model.safetensors" if self.folder is not None and m.get("own_weights") else None
@@ -414,7 +414,7 @@ class ZooIndex:
                     trainer: Optional[L.Trainer] = None) -> list[tuple[str, list[Hit]]]:
         """(query path, top-k hits) for every usable image among ``images`` (folders expand);
         unusable ones are reported and left out, so each result stays tied to its query."""
-        from zoo.embed import embed, require_some
+        from zoo.embed.runner import embed, require_some
 
         check_k(k)
         model = model or self.model()
@@ -555,8 +555,8 @@ def build_index(
     in a multi-device run every process embeds its part; only the first returns the index
     (the others return None).
     """
-    from zoo.model import ZooModel
-    from zoo.shards import is_primary_process
+    from zoo.model.module import ZooModel
+    from zoo.index.shards import is_primary_process
 
     out_path = Path(os.path.abspath(out)) if out is not None else None
     run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size,
@@ -596,7 +596,7 @@ def build_index(
 
 def _embed_into(index: ZooIndex, model, records: list[Record], trainer, batch_size: int, num_workers: int,
                 decode: str = "auto", require: bool = False) -> ZooIndex:
-    from zoo.embed import embed
+    from zoo.embed.runner import embed
 
     emb = embed(model, records, trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode) if records else None
     if emb is None or len(emb.records) == 0:
@@ -612,8 +612,8 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
                   num_workers: int, decode: str, shard_size: int, channels_last: Optional[bool] = None):
     """Embed ``records`` into shards in ``out`` (resuming an earlier run of the same job); the
     first process then adds them to ``index``. Returns the job."""
-    from zoo.embed import embed_to_shards, report_skipped
-    from zoo.shards import ShardJob, is_primary_process, job_key
+    from zoo.embed.runner import embed_to_shards, report_skipped
+    from zoo.index.shards import ShardJob, is_primary_process, job_key
 
     job = ShardJob(out, job_key(model_identity(model), records), len(records))
     primary = is_primary_process()
@@ -633,7 +633,7 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
 
 def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int, decode: str = "auto",
             shard_size: int = 4096, channels_last: Optional[bool] = None) -> Optional[ZooIndex]:
-    from zoo.shards import is_primary_process
+    from zoo.index.shards import is_primary_process
 
     primary = is_primary_process()
     index = ZooIndex.load(out, mmap=False).writable_copy()

@@ -45,11 +45,11 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from zoo.compare import similarity_score
-from zoo.data import load_image
-from zoo.embed import draft_size, eval_transform
+from zoo.dedup.compare import similarity_score
+from zoo.data.images import load_image
+from zoo.embed.runner import draft_size, eval_transform
 from zoo.errors import ZooError
-from zoo.index import ZooIndex, load_index
+from zoo.index.core import ZooIndex, load_index
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 200
@@ -157,7 +157,7 @@ class SearchService:
     def item_image(self, item: dict) -> Image.Image:
         try:
             if item.get("frame") is not None:
-                from zoo.video import read_frame
+                from zoo.data.video import read_frame
 
                 return read_frame(item["path"], item["frame"])
             return load_image(item["path"], draft_size=2 * max(THUMB_SIZES))

@@ -56,10 +56,10 @@ def embed_images(
     folder's files sorted); unreadable files are reported on stderr and skipped, so pass
     ``paths=True`` to get (vectors, paths) and know which file each row is.
     """
-    from zoo.data import records_from
-    from zoo.embed import default_trainer, embed
+    from zoo.data.images import records_from
+    from zoo.embed.runner import default_trainer, embed
     from zoo.errors import ZooError
-    from zoo.model import ZooModel, load_model
+    from zoo.model.module import ZooModel, load_model
 
     if isinstance(images, (str, os.PathLike)):
         images = [images]

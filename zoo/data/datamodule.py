@@ -15,8 +15,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.augment import Spec, build_augmentation, resolve_spec
-from zoo.data import ImageDataset, Record, collate, scan_folder
+from zoo.data.augment import Spec, build_augmentation, resolve_spec
+from zoo.data.images import ImageDataset, Record, collate, scan_folder
 from zoo.errors import ZooError
 
 

@@ -29,7 +29,7 @@ def purity(assignments: np.ndarray, labels: np.ndarray) -> float:
 
 
 def cluster_report(vectors: np.ndarray, labels: Optional[np.ndarray], k: int, out_dir: str | Path, seed: int = 0) -> dict:
-    from zoo.plots import scatter_2d
+    from zoo.report.plots import scatter_2d
 
     out_dir = Path(out_dir)
     assign = kmeans(vectors, k, seed)

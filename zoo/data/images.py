@@ -173,7 +173,7 @@ class ImageDataset(Dataset):
         i = self.indices[n]
         r = self.records[i]
         if self.jpeg_bytes and r.image is None:
-            from zoo.decode import device_decodable, read_bytes
+            from zoo.data.decode import device_decodable, read_bytes
 
             try:
                 data = read_bytes(r.path)

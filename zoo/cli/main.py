@@ -28,10 +28,10 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from zoo.datamodule import ZooDataModule
+from zoo.data.datamodule import ZooDataModule
 from zoo.errors import ZooError
-from zoo.model import ZooModel, load_model, model_config
-from zoo.progress import StderrProgressBar
+from zoo.model.module import ZooModel, load_model, model_config
+from zoo.embed.progress import StderrProgressBar
 
 
 def resolve_model(model: ZooModel, backbone: Optional[str] = None, checkpoint: Optional[str] = None) -> ZooModel:
@@ -93,14 +93,14 @@ class ZooTrainer(L.Trainer):
             shard_size: embeddings per shard written to disk (the most a crash can lose).
             channels_last: channels-last memory layout for the forward (default: on CUDA).
         """
-        from zoo.index import build_index
+        from zoo.index.core import build_index
 
         if update and video is not None:
             raise ZooError("--update works on image folders; rebuild a video index with --overwrite")
         if (images is None) == (video is None) and not update:
             raise ZooError("give a folder (--images DIR) or a video (--video FILE)")
         if video is not None:
-            from zoo.video import video_records
+            from zoo.data.video import video_records
 
             records = video_records(video, every=every)
         else:
@@ -142,7 +142,7 @@ class ZooTrainer(L.Trainer):
             backbone: embed queries with this backbone (must match the index's).
             checkpoint: embed queries with this trained checkpoint (must match the index's).
         """
-        from zoo.index import check_k, load_index
+        from zoo.index.core import check_k, load_index
         from zoo.io import refuse_overwrite
 
         check_k(k)
@@ -166,7 +166,7 @@ class ZooTrainer(L.Trainer):
                     extra = f"  [frame {h.frame}, {h.time:.2f}s]" if h.frame is not None else ""
                     print(f"{h.rank:>4}  {h.similarity:7.4f}  {h.path}{extra}")
         if grid:
-            from zoo.plots import topk_grid
+            from zoo.report.plots import topk_grid
 
             topk_grid([(q, None, hits) for q, hits in results], grid,
                       title=f"{idx.describe()}")
@@ -190,7 +190,7 @@ class ZooTrainer(L.Trainer):
             images: two or more image files, or a folder.
             matrix: write the all-versus-all cosine distance matrix to MATRIX.csv and MATRIX.npy.
         """
-        from zoo.compare import run_compare
+        from zoo.dedup.compare import run_compare
 
         run_compare(resolve_model(model, backbone, checkpoint), images, matrix=matrix, overwrite=overwrite,
                     trainer=self, batch_size=batch_size, num_workers=num_workers)
@@ -245,7 +245,7 @@ class ZooTrainer(L.Trainer):
             grouping: star (every member within the threshold of the group's centre) or components
                 (chains of near duplicates merge); --move-to keeps the best file of each group.
         """
-        from zoo.duplicates import run_duplicates, undo_quarantine
+        from zoo.dedup.duplicates import run_duplicates, undo_quarantine
 
         if undo:
             undo_quarantine(undo)
@@ -254,7 +254,7 @@ class ZooTrainer(L.Trainer):
             raise ZooError("--exact and --approximate exclude each other")
         model = resolve_model(model, backbone, checkpoint)
         if threshold == "auto":
-            from zoo.calibrate import calibrated_threshold
+            from zoo.evaluate.calibration import calibrated_threshold
 
             threshold = calibrated_threshold(calibration, model if index is None else None, index)
         run_duplicates(
@@ -297,7 +297,7 @@ class ZooTrainer(L.Trainer):
             seed: seed of the sample and of the edits.
             overwrite: replace this model's existing calibration (and plot).
         """
-        from zoo.calibrate import run_calibrate
+        from zoo.evaluate.calibration import run_calibrate
 
         run_calibrate(resolve_model(model, backbone, checkpoint), images, sample=sample, precision=precision, edits=edits,
                       copies=copies, calibration=calibration, plot=plot, seed=seed, overwrite=overwrite, trainer=self,
@@ -354,11 +354,11 @@ class ZooTrainer(L.Trainer):
                 brightness changed, JPEG) and their truth.csv into --query.
             twin_threshold: cosine at which two images of the set count as near-identical twins.
         """
-        from zoo.benchmark import Architecture, run_benchmark
+        from zoo.evaluate.benchmark import Architecture, run_benchmark
 
         archs = Architecture.from_cli(model, backbone, head, checkpoint, architectures)
         if video is not None:
-            from zoo.video_benchmark import run_video_benchmark
+            from zoo.evaluate.video_benchmark import run_video_benchmark
 
             if images is not None or gallery is not None:
                 raise ZooError("--video takes --query EXAMPLES (with truth.csv), not --images or --gallery")
@@ -397,7 +397,7 @@ class ZooTrainer(L.Trainer):
             backbone: shortcut for --model.backbone.
             opset: ONNX opset version.
         """
-        from zoo.export import export_model
+        from zoo.model.export import export_model
 
         export_model(resolve_model(model, backbone, checkpoint), format=format, out=out, overwrite=overwrite,
                      opset=opset)
@@ -425,7 +425,7 @@ class ZooTrainer(L.Trainer):
             max_upload_mb: largest image upload accepted, in MiB.
             threads: CPU threads of a forward pass (requests take turns on the one model).
         """
-        from zoo.serve import run_server
+        from zoo.serve.app import run_server
 
         run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb,
                    threads=threads)
@@ -437,7 +437,7 @@ class ZooTrainer(L.Trainer):
             pattern: shell-style wildcard on names.
             timm: also list matching timm model names (any of them works as --model.backbone).
         """
-        from zoo.listing import list_registered
+        from zoo.model.listing import list_registered
 
         list_registered(pattern, timm, weights=model.hparams.weights if model is not None else None)
 
@@ -474,14 +474,14 @@ class ZooCLI(LightningCLI):
             trainer = self.config[self.subcommand].trainer
             trainer.logger = False
             if trainer.precision is None:  # inference on a GPU: bf16 autocast unless asked otherwise
-                from zoo.embed import inference_precision
+                from zoo.embed.runner import inference_precision
 
                 trainer.precision = inference_precision(trainer.accelerator)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
-            from zoo.start_validation import StartValidation
+            from zoo.model.start_validation import StartValidation
 
             trainer.callbacks.append(StartValidation())  # scores the starting model; keeps it if best
         if type(trainer.progress_bar_callback) is TQDMProgressBar:
@@ -489,7 +489,7 @@ class ZooCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
-        from zoo.wandb_log import finish_fit_logger
+        from zoo.report.wandb_log import finish_fit_logger
 
         finish_fit_logger(self.trainer)
         for cb in self.trainer.checkpoint_callbacks:
@@ -501,7 +501,7 @@ class ZooCLI(LightningCLI):
     def before_fit(self) -> None:
         """A WandbLogger (`zoo fit --wandb`) runs offline by default, is named after the
         architecture and records the trainer and data settings."""
-        from zoo.wandb_log import prepare_fit_logger
+        from zoo.report.wandb_log import prepare_fit_logger
 
         cfg = self.config.get("fit", self.config)
         settings = {key: cfg[key].as_dict() for key in ("trainer", "data") if cfg.get(key) is not None}
@@ -539,7 +539,7 @@ def expand_fit_wandb(argv: list[str]) -> list[str]:
     """`zoo fit --wandb [--wandb_project P]`: Lightning's WandbLogger, logging the best checkpoint."""
     if not argv or argv[0] != "fit" or "--wandb" not in argv:
         return argv
-    from zoo.wandb_log import wandb_logger_args
+    from zoo.report.wandb_log import wandb_logger_args
 
     rest, i = [], 1
     while i < len(argv):  # `--wandb true|false` (normalised from a bare `--wandb`)
@@ -605,7 +605,7 @@ def quiet_lightning() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = expand_fit_wandb(normalise_argv(list(sys.argv[1:] if argv is None else argv)))
-    from zoo.help import FULL_HELP, ZooArgumentParser
+    from zoo.cli.help import FULL_HELP, ZooArgumentParser
 
     FULL_HELP["on"] = "--help_all" in argv
     argv = ["--help" if a == "--help_all" else a for a in argv]

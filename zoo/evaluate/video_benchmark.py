@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 import zoo
-from zoo.data import Record, records_from
-from zoo.embed import embed
+from zoo.data.images import Record, records_from
+from zoo.embed.runner import embed
 from zoo.errors import ZooError
-from zoo.index import Hit
+from zoo.index.core import Hit
 from zoo.io import atomic_path, write_json, write_rows, write_text
-from zoo.resources import PeakMemory, timer
+from zoo.evaluate.resources import PeakMemory, timer
 
 TRUTH_FILE = "truth.csv"
 VIDEO_COLUMNS = ["architecture", "weights", "first_match", "exact@1", "adjacent@10", "offset_s_mean", "offset_s_median",
@@ -70,7 +70,7 @@ def make_examples(video: str | Path, folder: str | Path, n: int, seed: int = 0, 
 
     from PIL import ImageEnhance
 
-    from zoo.video import video_records
+    from zoo.data.video import video_records
 
     folder = Path(folder)
     if (folder / TRUTH_FILE).exists() and not overwrite:
@@ -175,8 +175,8 @@ def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], windo
                         out: str = "benchmark-results", overwrite: bool = False, samples: int = 3,
                         use_wandb: bool = False, wandb_project: str = "zoo", trainer: Optional[L.Trainer] = None,
                         batch_size: int = 32, num_workers: int = 2, make: int = 0, seed: int = 0) -> list[dict]:
-    from zoo.benchmark import format_table, markdown_table, safe_name
-    from zoo.video import video_records
+    from zoo.evaluate.benchmark import format_table, markdown_table, safe_name
+    from zoo.data.video import video_records
 
     out = Path(out)
     if (out / "results.json").exists() and not overwrite:
@@ -205,7 +205,7 @@ def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], windo
     rows = [r["row"] for r in results]
     out.mkdir(parents=True, exist_ok=True)
 
-    from zoo.plots import bar_chart, topk_grid
+    from zoo.report.plots import bar_chart, topk_grid
 
     fps = len(frames) / max(frames[-1].time or 1e-9, 1e-9)
     chart = bar_chart([r["architecture"] for r in rows],
@@ -233,7 +233,7 @@ def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], windo
     print(format_table(rows, columns))
     print(f"\nzoo: {description}; results in {out}/ (results.csv, results.json, report.md, comparison.png, grids)")
     if use_wandb:
-        from zoo.wandb_log import log_benchmark
+        from zoo.report.wandb_log import log_benchmark
 
         log_benchmark(meta, rows, [{"row": r["row"], "details": {}} for r in results], archs, out, wandb_project,
                       chart=chart, images={f"grid {n}": p for n, p in grids.items()}, kind="video-benchmark")

@@ -19,9 +19,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
-from zoo.data import ImageDataset, Record, collate
+from zoo.data.images import ImageDataset, Record, collate
 from zoo.errors import ZooError
-from zoo.model import ZooModel
+from zoo.model.module import ZooModel
 
 
 @dataclass
@@ -65,7 +65,7 @@ class EmbeddingWriter(BasePredictionWriter):
 def default_trainer(progress: bool = True) -> L.Trainer:
     """One device; on a GPU, bf16 autocast where the card has it (zoo.cli does the same for
     the commands)."""
-    from zoo.progress import StderrProgressBar
+    from zoo.embed.progress import StderrProgressBar
 
     return L.Trainer(
         accelerator="auto", devices=1, logger=False, enable_checkpointing=False, precision=inference_precision("auto"),
@@ -112,7 +112,7 @@ def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, 
                 decode: str = "auto", indices: Optional[Sequence[int]] = None) -> tuple[DataLoader, str]:
     """A loader of uint8 pixels (or JPEG bytes, when decoding on the device) for ``records``;
     and the decode mode it uses."""
-    from zoo.decode import resolve_decode
+    from zoo.data.decode import resolve_decode
 
     if batch_size < 1:
         raise ZooError(f"--batch_size {batch_size}: must be 1 or more")
@@ -182,7 +182,7 @@ def embed_to_shards(
     Every process of a multi-device run calls this with the same records: each embeds its
     part (Lightning's distributed sampler) and writes its own shards; nothing is gathered.
     """
-    from zoo.shards import ShardWriter, is_primary_process
+    from zoo.index.shards import ShardWriter, is_primary_process
 
     if shard_rows < 1:
         raise ZooError(f"--shard_size {shard_rows}: must be 1 or more")
@@ -215,16 +215,3 @@ def report_skipped(skipped: list[tuple[str, str]]) -> None:
 def require_some(emb: Embeddings, what: str) -> None:
     if len(emb.records) == 0:
         raise ZooError(f"no usable images in {what}")
-
-
-class _CallableModule(sys.modules[__name__].__class__):
-    """``zoo.embed(images, ...)`` embeds image files (zoo.api.embed_images); the module keeps
-    ``zoo.embed.embed(model, records)`` and the rest of its names."""
-
-    def __call__(self, images, model=None, **kwargs):
-        from zoo.api import embed_images
-
-        return embed_images(images, model, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

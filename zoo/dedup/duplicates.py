@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.data import scan_folder
+from zoo.data.images import scan_folder
 from zoo.errors import ZooError
 from zoo.io import atomic_path, check_writable_dir, write_json
-from zoo.pairsearch import (check_search_options, component_groups, exact_search, find_pairs, group_similarity_range,
+from zoo.dedup.pairsearch import (check_search_options, component_groups, exact_search, find_pairs, group_similarity_range,
                             make_groups, unit_rows)
 
 
@@ -76,8 +76,8 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     ``grouping``: "star" (every member within the threshold of the group's first path) or
     "components" (connected components: chains of near duplicates); ``background``: a folder or
     index whose k-th nearest similarity is subtracted from each pair's (zoo.normalise)."""
-    from zoo.embed import embed
-    from zoo.index import load_index
+    from zoo.embed.runner import embed
+    from zoo.index.core import load_index
 
     if (images is None) == (index is None):
         raise ZooError("give a folder (--images DIR) or an index (--index PATH)")
@@ -121,7 +121,7 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     search_info = None
     if vectors is not None and len(paths) > 1:
         if background is not None:  # scores relative to a background set (zoo.normalise), exact
-            from zoo.normalise import background_similarity, background_vectors, normalised_pairs
+            from zoo.dedup.background import background_similarity, background_vectors, normalised_pairs
 
             bg_model = idx.model() if index is not None else model
             expect = ((idx.meta["model"]["architecture"], idx.meta["model"]["weights"]) if index is not None
@@ -172,14 +172,14 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
         for i, g in enumerate(near):
             w.writerows([[f"near-{i}", "near", p] for p in g["paths"]])
     if hist is not None and len(hist):
-        from zoo.plots import histogram
+        from zoo.report.plots import histogram
 
         histogram(hist, out / "nearest_similarity.png", f"nearest-neighbour cosine similarity ({model_desc})",
                   "cosine similarity to the nearest other image"
                   + (" (among the inverted file's candidates)" if search_info["method"] == "ivf" else ""), marks=[threshold])
     if plots:
-        from zoo.index import Hit
-        from zoo.plots import topk_grid
+        from zoo.index.core import Hit
+        from zoo.report.plots import topk_grid
 
         for i, g in enumerate(near[:100]):
             hits = [Hit(rank=j + 1, similarity=float("nan"), path=p) for j, p in enumerate(g["paths"][1:12])]

@@ -19,16 +19,16 @@ import numpy as np
 import torch
 
 import zoo
-from zoo.data import Record, scan_folder
-from zoo.embed import embed
+from zoo.data.images import Record, scan_folder
+from zoo.embed.runner import embed
 from zoo.errors import ZooError
-from zoo.index import Hit, ZooIndex
+from zoo.index.core import Hit, ZooIndex
 from zoo.io import write_json, write_rows, write_text
-from zoo.analysis import (BOOTSTRAP_RESAMPLES, TWIN_THRESHOLD, bootstrap_ci, query_diagnostics, twin_report,
+from zoo.evaluate.analysis import (BOOTSTRAP_RESAMPLES, TWIN_THRESHOLD, bootstrap_ci, query_diagnostics, twin_report,
                           twin_note, twin_warning, worst_queries)
-from zoo.metrics import KS, per_class, retrieval_metrics
-from zoo.model import ZooModel, load_model, model_config
-from zoo.resources import PeakMemory, timer
+from zoo.metrics.retrieval import KS, per_class, retrieval_metrics
+from zoo.model.module import ZooModel, load_model, model_config
+from zoo.evaluate.resources import PeakMemory, timer
 
 TABLE_COLUMNS = ["architecture", "weights", "hit@1", "hit@1 95% CI", "hit@10", "p@10", "map", "map 95% CI", "map@r", "img_per_s"]
 
@@ -81,7 +81,7 @@ def make_protocol(images=None, query=None, gallery=None, protocol="auto", query_
         q, g = _labelled(scan_folder(query), query), _labelled(scan_folder(gallery), gallery)
         return Protocol("query-gallery", q, g, sorted({r.label for r in q + g}))
     if images is None:
-        from zoo.demo import demo_folder
+        from zoo.data.demo import demo_folder
 
         images = demo_folder()
         print(f"zoo: no --images given: using the built-in demo set (scikit-learn digits) in {images}", file=sys.stderr)
@@ -252,7 +252,7 @@ def run_benchmark(
     rows = [r["row"] for r in results]
     out.mkdir(parents=True, exist_ok=True)
 
-    from zoo.plots import bar_chart, topk_grid
+    from zoo.report.plots import bar_chart, topk_grid
 
     chart = bar_chart([r["architecture"] for r in rows],
                       {m: [r[m] for r in rows] for m in ("hit@1", "hit@10", "map")},
@@ -287,7 +287,7 @@ def run_benchmark(
     for note in meta["notes"]:
         print(f"zoo: note: {note}", file=sys.stderr)
     if use_wandb:
-        from zoo.wandb_log import log_benchmark
+        from zoo.report.wandb_log import log_benchmark
 
         log_benchmark(meta, rows, results, archs, out, wandb_project, chart=chart,
                       images={**{f"grid {n}": p for n, p in grids.items()},

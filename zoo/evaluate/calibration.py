@@ -31,7 +31,7 @@ import numpy as np
 
 from zoo.errors import ZooError
 from zoo.io import refuse_overwrite, write_json
-from zoo.pairs import pair_scores, pr_curve, threshold_for_precision
+from zoo.metrics.pairs import pair_scores, pr_curve, threshold_for_precision
 
 DEFAULT_FILE = "zoo-calibration.json"
 
@@ -122,8 +122,8 @@ def synthetic_copies(records, edits: Any, copies: int, seed: int, folder: Path) 
     (copy records, group = index of the original)."""
     from PIL import Image
 
-    from zoo.augment import make_copy
-    from zoo.data import Record
+    from zoo.data.augment import make_copy
+    from zoo.data.images import Record
 
     out, groups = [], []
     for i, r in enumerate(records):
@@ -146,9 +146,9 @@ def synthetic_copies(records, edits: Any, copies: int, seed: int, folder: Path) 
 def run_calibrate(model, images: str, sample: int = 200, precision: float = 0.95, edits: Any = "copyset",
                   copies: int = 1, calibration: str = DEFAULT_FILE, plot: Optional[str] = None, seed: int = 0,
                   overwrite: bool = False, trainer=None, batch_size: int = 32, num_workers: int = 0) -> dict:
-    from zoo.augment import resolve_spec
-    from zoo.data import scan_folder
-    from zoo.embed import embed
+    from zoo.data.augment import resolve_spec
+    from zoo.data.images import scan_folder
+    from zoo.embed.runner import embed
 
     if not 0.0 < precision < 1.0:
         raise ZooError(f"--precision {precision}: a target precision in (0, 1) is expected")
@@ -203,7 +203,7 @@ def calibrated_threshold(calibration: str | Path, model=None, index: Optional[st
     """``--threshold auto``: the threshold calibrated for ``model``, or for the model that
     built ``index``."""
     if index is not None:
-        from zoo.index import load_index
+        from zoo.index.core import load_index
 
         meta = load_index(index).meta["model"]
         architecture, weights = meta["architecture"], meta["weights"]

@@ -1,0 +1,1 @@
+"""``zoo serve``: an HTTP API and a web page over an index."""
