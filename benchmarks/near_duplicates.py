@@ -6,7 +6,7 @@
 Part 1 (quality). A seeded sample of ``--originals`` photos each gets six transformed copies
 (resize, crop, rotation, JPEG re-encoding, colour jitter, flip). Originals, copies and every
 other photo of the folder (same-dish photos are hard negatives) are embedded with the shared
-MobileNetV2, and ``zoo.duplicates.similar_pairs`` lists the pairs above each threshold.
+MobileNetV2, and ``zoo.dedup.pairsearch.similar_pairs`` lists the pairs above each threshold.
 True pairs are the pairs among one original and its copies. Precision = true pairs found /
 pairs found; recall = true pairs found / true pairs; per-transform recall counts the
 (original, copy) pairs found. Pairs of two untouched photos of the folder are counted as
@@ -29,7 +29,8 @@ from PIL import Image, ImageEnhance, ImageOps
 
 import zoo
 from zoo.data.images import Record, load_image, scan_folder
-from zoo.dedup.duplicates import connected_components, similar_pairs
+from zoo.dedup.duplicates import connected_components
+from zoo.dedup.pairsearch import similar_pairs
 from zoo.embed.runner import embed
 from zoo.evaluate.resources import PeakMemory
 

@@ -28,7 +28,8 @@ import time
 
 import numpy as np
 
-from zoo.dedup.pairsearch import choose_method, exact_search, ivf_search, make_groups
+from zoo.dedup.groups import make_groups
+from zoo.dedup.pairsearch import choose_method, exact_search, ivf_search
 from zoo.evaluate.resources import PeakMemory
 
 

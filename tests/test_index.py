@@ -131,7 +131,8 @@ def test_auto_factory_by_size_and_memory():
 
 def test_ivf_knobs_persist_and_remove_by_id(tmp_path):
     from zoo.data.images import Record
-    from zoo.index.core import ZooIndex, stored_vectors
+    from zoo.index.core import ZooIndex
+    from zoo.index.vectors import stored_vectors
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 16)).astype(np.float32)

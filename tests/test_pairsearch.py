@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from zoo.errors import ZooError
-from zoo.dedup.pairsearch import (component_groups, exact_search, find_pairs, group_similarity_range, index_vectors,
-                            ivf_search, make_groups, star_groups)
+from zoo.dedup.groups import component_groups, group_similarity_range, make_groups, star_groups
+from zoo.dedup.pairsearch import exact_search, find_pairs, ivf_search
+from zoo.index.vectors import index_vectors
 from conftest import TINY
 
 

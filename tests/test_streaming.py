@@ -18,7 +18,8 @@ import zoo
 from conftest import SHARED, TINY, needs_shared, save
 from zoo.data.images import ImageDataset, scan_folder
 from zoo.data.decode import device_decodable
-from zoo.embed.runner import default_trainer, embed, eval_transform, inference_precision, pixel_transform
+from zoo.data.transforms import eval_transform, pixel_transform
+from zoo.embed.runner import default_trainer, embed, inference_precision
 from zoo.errors import ZooError
 
 

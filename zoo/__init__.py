@@ -1,5 +1,5 @@
 """zoo: a PyTorch Lightning model zoo for image similarity and content-based image retrieval."""
-__version__ = "0.1.0"
+from zoo.version import __version__  # noqa: E402,F401
 
 from zoo.errors import ZooError  # noqa: E402
 from zoo.registry import BACKBONES, HEADS, register_backbone, register_head  # noqa: E402

@@ -17,7 +17,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from zoo.data.images import scan_folder
+from zoo.dedup.pairsearch import similar_pairs
+from zoo.embed.runner import embed
 from zoo.errors import ZooError
+from zoo.index.core import load_index
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -47,8 +51,6 @@ def normalised_pairs(vectors: np.ndarray, bg: np.ndarray, threshold: float) -> t
 
     A pair's score is at most its raw similarity minus the smallest bg, so a range search at
     ``threshold + bg.min()`` finds every candidate."""
-    from zoo.dedup.duplicates import similar_pairs
-
     pairs, sims = similar_pairs(vectors, min(threshold + float(bg.min()), 1.0))
     scores = normalised_scores(sims, pairs, bg)
     keep = scores >= threshold
@@ -62,8 +64,6 @@ def background_vectors(source: str, model=None, trainer=None, batch_size: int = 
     path = Path(source)
     if not path.exists():
         raise ZooError(f"--background {source}: no such folder or index")
-    from zoo.index.core import load_index
-
     try:
         idx = load_index(path)
     except ZooError:
@@ -73,11 +73,7 @@ def background_vectors(source: str, model=None, trainer=None, batch_size: int = 
         if expect is not None and (meta["architecture"], meta["weights"]) != expect:
             raise ZooError(f"--background {source} was built with {meta['architecture']} ({meta['weights']}), "
                            f"not {expect[0]} ({expect[1]}): similarities of two models cannot be compared")
-        items = idx.items
-        return np.stack([idx.index.reconstruct(int(it["id"])) for it in items]) if items else np.zeros((0, idx.dim), np.float32)
-    from zoo.data.images import scan_folder
-    from zoo.embed.runner import embed
-
+        return idx.vectors()[1]
     emb = embed(model.build(), scan_folder(source), trainer=trainer, batch_size=batch_size, num_workers=num_workers)
     print(f"zoo: background: {len(emb.records)} image(s) of {source}", file=sys.stderr)
     return emb.vectors

@@ -23,8 +23,8 @@ import numpy as np
 from zoo.data.images import scan_folder
 from zoo.errors import ZooError
 from zoo.io import atomic_path, check_writable_dir, write_json
-from zoo.dedup.pairsearch import (check_search_options, component_groups, exact_search, find_pairs, group_similarity_range,
-                            make_groups, unit_rows)
+from zoo.dedup.groups import component_groups, group_similarity_range, make_groups
+from zoo.dedup.pairsearch import check_search_options, find_pairs, similar_pairs
 
 
 # ---- exact duplicates ---------------------------------------------------------------------
@@ -52,15 +52,7 @@ def exact_groups(paths: list[str]) -> list[list[str]]:
     return sorted(groups)
 
 
-# ---- near duplicates (the search and grouping live in zoo.pairsearch) -----------------------
-def similar_pairs(vectors: np.ndarray, threshold: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i < j) with cosine similarity >= threshold, exactly; memory O(N + pairs).
-
-    returns pairs (P, 2) int64 and their similarities (P,) float32.
-    """
-    found = exact_search(unit_rows(vectors), threshold, chunk=chunk)
-    return found.pairs, found.sims
-
+# ---- near duplicates (the search lives in zoo.dedup.pairsearch, grouping in zoo.dedup.groups) ----
 
 def connected_components(n: int, pairs: np.ndarray) -> list[list[int]]:
     """Groups (size >= 2) of the graph with ``n`` nodes and edges ``pairs``."""

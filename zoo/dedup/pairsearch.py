@@ -24,13 +24,10 @@ that meet is the estimate. Pairs closer than the threshold are found more often,
 estimate is a floor for them. ``nprobe`` defaults to the smallest value that reaches
 ``target_recall`` on that calibration.
 
-Groups come from the pairs in O(pairs): connected components (``scipy.sparse.csgraph``) or
-stars (greedy: the node with most ungrouped neighbours becomes a centre and takes them), which
-never chain two far-apart images together through intermediate ones.
+Groups are made from the pairs by zoo.dedup.groups.
 """
 from __future__ import annotations
 
-import heapq
 import math
 import os
 import time
@@ -41,10 +38,9 @@ from typing import Optional
 
 import faiss
 import numpy as np
-from scipy import sparse
-from scipy.sparse.csgraph import connected_components as _cc
 from threadpoolctl import threadpool_limits
 
+from zoo.dedup.groups import check_grouping
 from zoo.errors import ZooError
 
 # exact search is the default while N^2 * d stays below this (20k vectors of dim 1280: a few
@@ -54,7 +50,6 @@ TARGET_RECALL = 0.98
 PCA_DIM = 128
 TOL = 1e-6  # float32 rounding: a pair at exactly the threshold counts
 METHODS = ("auto", "exact", "ivf")
-GROUPINGS = ("star", "components")
 
 
 @dataclass
@@ -91,34 +86,6 @@ def unit_rows(vectors: np.ndarray, chunk: int = 65536) -> np.ndarray:
         faiss.normalize_L2(out[s:s + chunk])
     return out
 
-
-def index_vectors(index: faiss.Index, chunk: int = 65536) -> tuple[np.ndarray, bool]:
-    """The vectors stored in a FAISS index as (N, d) float32, and whether they are lossy.
-
-    Flat storage (``Flat``, ``HNSW*Flat``) is returned as a view on the index's own memory (no
-    copy); other indexes are decoded chunk by chunk into one float32 array. PQ / SQ codes decode
-    to approximations, so similarities computed from them are approximate (``lossy`` True)."""
-    index = faiss.downcast_index(index)
-    n, d = index.ntotal, index.d
-    flat = index
-    if isinstance(index, faiss.IndexHNSW):
-        flat = faiss.downcast_index(index.storage)
-    if isinstance(flat, faiss.IndexFlat):
-        return faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d), False
-    lossy = not isinstance(index, faiss.IndexIVFFlat)
-    try:
-        ivf = faiss.extract_index_ivf(index)
-        ivf.make_direct_map()
-    except RuntimeError:
-        pass  # not an IVF index
-    out = np.empty((n, d), np.float32)
-    try:
-        for s in range(0, n, chunk):
-            out[s:s + chunk] = index.reconstruct_n(s, min(chunk, n - s))
-    except RuntimeError as e:
-        raise ZooError(f"cannot read the vectors back from this {type(index).__name__} index: "
-                       f"{str(e).splitlines()[-1][:120]}") from e
-    return out, lossy
 
 
 def _dot_pairs(x: np.ndarray, a: np.ndarray, b: np.ndarray, pool: Optional[ThreadPoolExecutor] = None,
@@ -196,6 +163,15 @@ def _finish(pairs: list, sims: list) -> tuple[np.ndarray, np.ndarray]:
     return p[order], s[order]
 
 
+def similar_pairs(vectors: np.ndarray, threshold: float, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i < j) with cosine similarity >= threshold, exactly; memory O(N + pairs).
+
+    returns pairs (P, 2) int64 and their similarities (P,) float32.
+    """
+    found = exact_search(unit_rows(vectors), threshold, chunk=chunk)
+    return found.pairs, found.sims
+
+
 # ---- inverted file ------------------------------------------------------------------------------
 def ivf_params(n: int, d: int) -> dict:
     """Defaults from the size: PCA to 128 dims above that (at 300k x 1280, 64, 128 and 256 dims
@@ -246,7 +222,7 @@ class _Coarse:
         return x @ self.components.T - self.offset
 
 
-def calibrate(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: int, size: int = 2000,
+def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: int, size: int = 2000,
               seed: int = 1) -> np.ndarray:
     """recall[p - 1] for p = 1..max_probe: share of synthetic pairs at the threshold similarity
     that meet when every vector probes its p nearest lists.
@@ -306,7 +282,7 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
         coarse = _Coarse(x, nlist, pca_dim, int(train_size or min(n, 40 * nlist)), seed)
         t_train = time.perf_counter() - t0
 
-        recall = calibrate(x, coarse, threshold, min(max_probe, nlist), seed=seed + 1)
+        recall = recall_curve(x, coarse, threshold, min(max_probe, nlist), seed=seed + 1)
         if nprobe is None:
             reach = np.nonzero(recall >= target_recall)[0]
             nprobe = int(reach[0] + 1) if len(reach) else len(recall)
@@ -404,8 +380,7 @@ def check_search_options(method: str = "auto", nprobe: Optional[int] = None, gro
         raise ZooError(f"search method '{method}': one of {', '.join(METHODS)} is expected")
     if nprobe is not None and nprobe < 1:
         raise ZooError(f"--nprobe {nprobe}: a positive number of lists is expected")
-    if grouping not in GROUPINGS:
-        raise ZooError(f"--grouping {grouping}: one of {', '.join(GROUPINGS)} is expected")
+    check_grouping(grouping)
 
 
 def choose_method(n: int, d: int, method: str = "auto", exact_max_work: float = EXACT_MAX_WORK) -> str:
@@ -431,73 +406,3 @@ def find_pairs(vectors: np.ndarray, threshold: float, method: str = "auto", npro
     if chosen == "exact":
         return exact_search(x, threshold)
     return ivf_search(x, threshold, nprobe=nprobe, **ivf_kwargs)
-
-
-# ---- groups ------------------------------------------------------------------------------------------
-def component_groups(n: int, pairs: np.ndarray) -> list[np.ndarray]:
-    """Connected components (size >= 2) of the graph, members ascending, groups by first member."""
-    if len(pairs) == 0:
-        return []
-    g = sparse.coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, labels = _cc(g, directed=False)
-    order = np.argsort(labels, kind="stable")  # members ascending within a label
-    cuts = np.nonzero(np.diff(labels[order]))[0] + 1
-    groups = [m for m in np.split(order, cuts) if len(m) > 1]
-    return sorted(groups, key=lambda m: m[0])
-
-
-def star_groups(n: int, pairs: np.ndarray, sims: Optional[np.ndarray] = None) -> list[np.ndarray]:
-    """Groups in which every member is within the threshold of the group's centre (first member).
-
-    Greedy: the node with the most ungrouped neighbours (ties: the larger similarity sum, then the
-    lower index) becomes a centre and takes all its ungrouped neighbours. A node whose neighbours
-    all joined other centres stays out of every group (its pairs are still reported)."""
-    if len(pairs) == 0:
-        return []
-    w = np.ones(len(pairs), np.float64) if sims is None else sims.astype(np.float64)
-    a, b = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
-    adj = sparse.csr_matrix((np.concatenate([w, w]), (a, b)), shape=(n, n))
-    indptr, indices = adj.indptr, adj.indices
-    degree = np.diff(indptr)
-    strength = np.asarray(adj.sum(1)).ravel()
-    free = np.ones(n, bool)
-    heap = [(-int(degree[i]), -float(strength[i]), int(i)) for i in np.nonzero(degree)[0]]
-    heapq.heapify(heap)
-    groups = []
-    while heap:
-        negdeg, negs, i = heapq.heappop(heap)
-        if not free[i]:
-            continue
-        nb, nw = indices[indptr[i]:indptr[i + 1]], adj.data[indptr[i]:indptr[i + 1]]
-        ok = free[nb]
-        nb = nb[ok]
-        if len(nb) < -negdeg:  # stale key (counts only fall): re-queue with the current count
-            if len(nb):
-                heapq.heappush(heap, (-len(nb), -float(nw[ok].sum()), i))
-            continue
-        free[i] = False
-        free[nb] = False
-        groups.append(np.concatenate([[i], np.sort(nb)]).astype(np.int64))
-    return groups
-
-
-def group_similarity_range(groups: list[np.ndarray], n: int, pairs: np.ndarray, sims: np.ndarray
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """(min, max) similarity of the pairs inside each group: O(pairs + N)."""
-    label = np.full(n, -1, np.int64)
-    for gi, m in enumerate(groups):
-        label[m] = gi
-    la, lb = label[pairs[:, 0]], label[pairs[:, 1]]
-    inside = (la >= 0) & (la == lb)
-    lo = np.full(len(groups), np.inf)
-    hi = np.full(len(groups), -np.inf)
-    np.minimum.at(lo, la[inside], sims[inside])
-    np.maximum.at(hi, la[inside], sims[inside])
-    return lo, hi
-
-
-def make_groups(n: int, pairs: np.ndarray, sims: np.ndarray, grouping: str = "star") -> list[np.ndarray]:
-    if grouping == "star":
-        return star_groups(n, pairs, sims)
-    check_search_options(grouping=grouping)
-    return component_groups(n, pairs)

@@ -6,7 +6,7 @@ memory or streamed to shards, and the one-call Python API.
 """
 import sys
 
-from zoo.embed.runner import Embeddings, embed, embed_to_shards, report_skipped, require_some  # noqa: F401
+from zoo.embed.runner import Embeddings, embed, report_skipped, require_some  # noqa: F401
 
 
 class _CallableModule(sys.modules[__name__].__class__):

@@ -3,7 +3,7 @@
 Devices, precision and multi-device runs come from the Trainer's flags. Loader workers hand
 over uint8 pixels (or JPEG bytes, decoded on the device: zoo.decode) and the model normalises
 them on its device. ``embed`` keeps the embeddings in memory (every rank's part merged in
-record order: for queries and benchmarks); ``embed_to_shards`` streams them to disk, each rank
+record order: for queries and benchmarks); ``zoo.index.shards.embed_to_shards`` streams them to disk, each rank
 its own shards (zoo.shards: for indexes of any size).
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Optional, Sequence
 
 import lightning as L
 import numpy as np
-import timm
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from zoo.data.images import ImageDataset, Record, collate
+from zoo.data.transforms import draft_size, pixel_transform
 from zoo.errors import ZooError
 from zoo.model.module import ZooModel
 
@@ -89,23 +89,7 @@ def ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def eval_transform(model: ZooModel):
-    """The model's own preprocessing (timm data config -> timm transform): (3, H, W) float32,
-    normalised."""
-    return timm.data.create_transform(**model.data_config, is_training=False)
 
-
-def pixel_transform(model: ZooModel):
-    """The same resize and crop, handing over (3, H, W) uint8 (timm's prefetcher form); the
-    model normalises on its device (ZooModel.on_after_batch_transfer)."""
-    return timm.data.create_transform(**model.data_config, is_training=False, use_prefetcher=True)
-
-
-def draft_size(model: ZooModel) -> int:
-    """The size a big JPEG may be decoded at (Pillow's draft mode) and still feed the model's
-    resize without loss: the shorter side before the centre crop."""
-    cfg = model.data_config
-    return int(max(cfg["input_size"][1:]) / cfg.get("crop_pct", 1.0) + 1)
 
 
 def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, batch_size: int, num_workers: int,
@@ -165,45 +149,6 @@ def embed(
         report_skipped(skipped)
     return Embeddings(vectors, [records[i] for i in idx], skipped)
 
-
-def embed_to_shards(
-    model: ZooModel,
-    records: Sequence[Record],
-    job,
-    trainer: Optional[L.Trainer] = None,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    decode: str = "auto",
-    shard_rows: int = 4096,
-    channels_last: Optional[bool] = None,
-) -> None:
-    """Embed the records that ``job`` (zoo.shards.ShardJob) does not hold yet into its shards.
-
-    Every process of a multi-device run calls this with the same records: each embeds its
-    part (Lightning's distributed sampler) and writes its own shards; nothing is gathered.
-    """
-    from zoo.index.shards import ShardWriter, is_primary_process
-
-    if shard_rows < 1:
-        raise ZooError(f"--shard_size {shard_rows}: must be 1 or more")
-    model.build()
-    model.channels_last = channels_last  # None: on CUDA
-    trainer = trainer or default_trainer()
-    todo = job.remaining()
-    done = len(records) - len(todo)
-    if is_primary_process() and done:
-        print(f"zoo: resuming: {done} of {len(records)} images were embedded by an earlier run", file=sys.stderr, flush=True)
-    if not todo:
-        return
-    loader, mode = make_loader(model, records, trainer, batch_size, num_workers, decode, indices=todo)
-    if is_primary_process():
-        print(describe_run(trainer, model, len(todo), mode, batch_size, num_workers), file=sys.stderr, flush=True)
-    writer = ShardWriter(job, rows=shard_rows)
-    trainer.callbacks.append(writer)
-    try:
-        trainer.predict(model, dataloaders=loader, return_predictions=False)
-    finally:
-        trainer.callbacks.remove(writer)
 
 
 def report_skipped(skipped: list[tuple[str, str]]) -> None:

@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
-import zoo
+from zoo.version import __version__
 from zoo.data.images import Record, scan_folder
 from zoo.embed.runner import embed
 from zoo.errors import ZooError
@@ -271,7 +271,7 @@ def run_benchmark(
                 title=f"{arch.name} — worst queries: wrong first match, lowest similarity to their own class")
 
     warnings_ = [w for w in (twin_warning(r["architecture"], r) for r in rows) if w]
-    meta = {"zoo_version": zoo.__version__, "protocol": proto.name, "seed": proto.seed, "k": k,
+    meta = {"zoo_version": __version__, "protocol": proto.name, "seed": proto.seed, "k": k,
             "description": proto.describe(), "classes": proto.classes, "bootstrap_resamples": resamples,
             "bootstrap_seed": seed, "twin_threshold": twin_threshold, "warnings": warnings_,
             "notes": [n for n in (twin_note(r["architecture"], r) for r in rows) if n]}

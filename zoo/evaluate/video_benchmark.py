@@ -20,7 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
-import zoo
+from zoo.version import __version__
 from zoo.data.images import Record, records_from
 from zoo.embed.runner import embed
 from zoo.errors import ZooError
@@ -218,11 +218,11 @@ def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], windo
             grids[arch.name] = topk_grid(res["grid_rows"][:samples], out / f"grid_{safe_name(arch.name)}.png",
                                          title=f"{arch.name} — results within +-{window} frames framed green")
     columns = [c if c != "adjacent@10" else f"adjacent@{k}" for c in VIDEO_COLUMNS]
-    meta = {"zoo_version": zoo.__version__, "protocol": "video", "video": str(Path(video).resolve()),
+    meta = {"zoo_version": __version__, "protocol": "video", "video": str(Path(video).resolve()),
             "frames": len(frames), "fps": round(fps, 3), "window": window, "k": k, "description": description}
     write_rows(out / "results.csv", rows)
     write_json(out / "results.json", {"meta": meta, "results": [{**r["row"], **r["details"]} for r in results]})
-    lines = ["# zoo benchmark: video", "", f"Protocol: {description}. zoo {zoo.__version__}.", "",
+    lines = ["# zoo benchmark: video", "", f"Protocol: {description}. zoo {__version__}.", "",
              f"first_match: the first result is within +-{window} frames of the true frame; exact@1: it is the "
              f"true frame; adjacent@{k}: how many of the top {k} are within +-{window} frames; offset_s: seconds "
              "between the first result and the true frame.", "",

@@ -31,10 +31,12 @@ import faiss
 import lightning as L
 import numpy as np
 
-import zoo
+from zoo.version import __version__
 from zoo.index import folder as indexdir
 from zoo.data.images import Record, records_from, scan_folder
 from zoo.errors import ZooError
+from zoo.model.identity import model_identity
+from zoo.index.vectors import all_vectors, vectors_by_id
 from zoo.index.store import ItemStore, file_state
 
 META_KEYS = ("model", "factory", "root", "count", "dim")
@@ -62,24 +64,6 @@ def faiss_reason(e: Exception) -> str:
     msg = " ".join(str(e).split())
     return re.sub(r"^Error in .*? at \S+:\d+: ", "", msg)
 
-
-def model_identity(model) -> dict[str, Any]:
-    """What an index records about the model that made it (plain JSON values)."""
-    from zoo.model.module import model_config
-
-    ident = {
-        "architecture": model.architecture,
-        "backbone": model.hparams.get("backbone"),
-        "head": model.hparams.get("head"),
-        "weights": model.weights_id,
-        "dim": model.embedding_dim,
-        "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()},
-        "hparams": json.loads(json.dumps(model_config(model.hparams), default=str)),
-        "recipe": json.loads(json.dumps(model.recipe, default=str)),
-    }
-    if getattr(model, "checkpoint_id", None):
-        ident["checkpoint"] = model.checkpoint_id
-    return ident
 
 
 def keeps_own_weights(weights_id: str) -> bool:
@@ -131,23 +115,6 @@ def new_faiss_index(dim: int, factory: str) -> faiss.Index:
     return index
 
 
-def stored_vectors(index: faiss.Index, chunk: int = 65536):
-    """Yield (ids, vectors) of every stored vector, a chunk at a time (codes decoded: for SQ/PQ
-    indexes the vectors are approximations)."""
-    if isinstance(index, faiss.IndexIDMap2):
-        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
-        inner = faiss.downcast_index(index.index)
-        for s in range(0, len(ids), chunk):
-            yield ids[s : s + chunk], inner.reconstruct_n(s, min(chunk, len(ids) - s))
-        return
-    ivf = faiss.extract_index_ivf(index)
-    lists = [faiss.rev_swig_ptr(ivf.invlists.get_ids(l), ivf.invlists.list_size(l)).copy()
-             for l in range(ivf.nlist) if ivf.invlists.list_size(l)]
-    ids = np.sort(np.concatenate(lists)) if lists else np.zeros(0, np.int64)
-    for s in range(0, len(ids), chunk):
-        part = ids[s : s + chunk]
-        yield part, index.reconstruct_batch(part)
-
 
 def set_search_params(index: faiss.Index, params: dict[str, int]) -> None:
     space = faiss.ParameterSpace()
@@ -189,7 +156,7 @@ class ZooIndex:
             factory = auto_factory(expected, model.embedding_dim)
         index = new_faiss_index(model.embedding_dim, factory)
         meta = {
-            "zoo_version": zoo.__version__,
+            "zoo_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "factory": factory,
             "metric": "inner_product on L2-normalised vectors (cosine similarity)",
@@ -308,15 +275,11 @@ class ZooIndex:
     def vectors(self) -> tuple[np.ndarray, np.ndarray, bool]:
         """Every stored vector: ids (N,), vectors (N, D) float32, and whether they are decoded
         from lossy codes (SQ/PQ). Flat storage is a view on the index's memory, not a copy."""
-        from zoo.dedup.pairsearch import index_vectors
+        return all_vectors(self.index, self.dim)
 
-        if isinstance(self.index, faiss.IndexIDMap2):
-            vectors, lossy = index_vectors(faiss.downcast_index(self.index.index))
-            return faiss.vector_to_array(self.index.id_map).astype(np.int64), vectors, lossy
-        parts = list(stored_vectors(self.index))  # an inverted file: decoded by id, a chunk at a time
-        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-        vectors = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.dim), np.float32)
-        return ids, vectors, not isinstance(faiss.extract_index_ivf(self.index), faiss.IndexIVFFlat)
+    def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of items ``ids`` (M, D) float32, in that order."""
+        return vectors_by_id(self.index, ids, self.dim)
 
     def paths_of(self, ids: Sequence[int]) -> list[str]:
         """Absolute paths of the items ``ids``, in that order."""
@@ -612,8 +575,8 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
                   num_workers: int, decode: str, shard_size: int, channels_last: Optional[bool] = None):
     """Embed ``records`` into shards in ``out`` (resuming an earlier run of the same job); the
     first process then adds them to ``index``. Returns the job."""
-    from zoo.embed.runner import embed_to_shards, report_skipped
-    from zoo.index.shards import ShardJob, is_primary_process, job_key
+    from zoo.embed.runner import report_skipped
+    from zoo.index.shards import ShardJob, embed_to_shards, is_primary_process, job_key
 
     job = ShardJob(out, job_key(model_identity(model), records), len(records))
     primary = is_primary_process()

@@ -23,11 +23,14 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from zoo.data.images import Record
+from zoo.embed.runner import default_trainer, describe_run, make_loader
 from zoo.errors import ZooError
+from zoo.model.module import ZooModel
 from zoo.io import atomic_path, write_json
 
 PREFIX = ".embed-"
@@ -249,3 +252,41 @@ def _save(path: Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
+
+
+def embed_to_shards(
+    model: ZooModel,
+    records: Sequence[Record],
+    job,
+    trainer: Optional[L.Trainer] = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    decode: str = "auto",
+    shard_rows: int = 4096,
+    channels_last: Optional[bool] = None,
+) -> None:
+    """Embed the records that ``job`` (ShardJob) does not hold yet into its shards.
+
+    Every process of a multi-device run calls this with the same records: each embeds its
+    part (Lightning's distributed sampler) and writes its own shards; nothing is gathered.
+    """
+    if shard_rows < 1:
+        raise ZooError(f"--shard_size {shard_rows}: must be 1 or more")
+    model.build()
+    model.channels_last = channels_last  # None: on CUDA
+    trainer = trainer or default_trainer()
+    todo = job.remaining()
+    done = len(records) - len(todo)
+    if is_primary_process() and done:
+        print(f"zoo: resuming: {done} of {len(records)} images were embedded by an earlier run", file=sys.stderr, flush=True)
+    if not todo:
+        return
+    loader, mode = make_loader(model, records, trainer, batch_size, num_workers, decode, indices=todo)
+    if is_primary_process():
+        print(describe_run(trainer, model, len(todo), mode, batch_size, num_workers), file=sys.stderr, flush=True)
+    writer = ShardWriter(job, rows=shard_rows)
+    trainer.callbacks.append(writer)
+    try:
+        trainer.predict(model, dataloaders=loader, return_predictions=False)
+    finally:
+        trainer.callbacks.remove(writer)

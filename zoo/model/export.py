@@ -14,8 +14,9 @@ from typing import Optional
 
 import torch
 
-import zoo
+from zoo.version import __version__
 from zoo.errors import ZooError
+from zoo.model.identity import model_identity
 from zoo.io import atomic_path, refuse_overwrite, write_json
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -47,8 +48,6 @@ def sidecar_path(out: str | Path) -> Path:
 
 
 def export_info(model, fmt: str, out: Path) -> dict:
-    from zoo.index.core import model_identity
-
     ident = model_identity(model)
     pre = ident.pop("preprocessing")
     return {
@@ -59,7 +58,7 @@ def export_info(model, fmt: str, out: Path) -> dict:
         "output": {"name": "embedding", "shape": ["batch", ident["dim"]], "l2_normalised": True},
         "preprocessing": {key: pre.get(key) for key in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")},
         "identity": ident,
-        "zoo_version": zoo.__version__,
+        "zoo_version": __version__,
     }
 
 

@@ -207,7 +207,7 @@ class ZooModel(L.LightningModule):
         """Decode the batch's JPEG bytes on the device; the few the device decoder refuses are
         decoded by Pillow here, and reported if Pillow cannot read them either."""
         from zoo.data.images import load_image
-        from zoo.embed.runner import draft_size, pixel_transform
+        from zoo.data.transforms import draft_size, pixel_transform
 
         jpegs = [torch.from_numpy(a) for a in batch.pop("jpeg")]
         where = batch.pop("jpeg_index").to(batch["index"].device)  # (J,)

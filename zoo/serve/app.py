@@ -45,9 +45,10 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from zoo.version import __version__
 from zoo.dedup.compare import similarity_score
 from zoo.data.images import load_image
-from zoo.embed.runner import draft_size, eval_transform
+from zoo.data.transforms import draft_size, eval_transform
 from zoo.errors import ZooError
 from zoo.index.core import ZooIndex, load_index
 
@@ -241,9 +242,8 @@ class BodyLimit:
 
 def create_app(service: SearchService, token: Optional[str] = None):
     """The FastAPI application over ``service``; ``token``: require ``Authorization: Bearer TOKEN``."""
-    import zoo
 
-    app = FastAPI(title="zoo", version=zoo.__version__,
+    app = FastAPI(title="zoo", version=__version__,
                   description="Content-based image retrieval over one zoo index: search by example, "
                               "compare two images, more like this, duplicate groups.")
     app.state.service = service
