@@ -454,6 +454,18 @@ class FitConfigSaver(SaveConfigCallback):
 
 
 TRAINING_COMMANDS = {"fit", "validate", "test"}
+LOG_DIR = "runs"  # where fit/validate/test log (and checkpoint) unless --trainer.default_root_dir says otherwise
+
+
+def logs_follow_root_dir(trainer) -> None:
+    """A logger whose save_dir was left at LOG_DIR writes under --trainer.default_root_dir when it
+    is given (CSVLogger by default, WandbLogger with --wandb); checkpoints follow the logger."""
+    if trainer.default_root_dir is None:
+        return
+    for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is not None and init_args.get("save_dir") == LOG_DIR:
+            init_args.save_dir = str(trainer.default_root_dir)
 
 
 class ZooCLI(LightningCLI):
@@ -470,13 +482,14 @@ class ZooCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         if "weights_only" in cfg and cfg.weights_only is None:  # fit/validate/test --ckpt_path: never unpickled
             cfg.weights_only = True
-        if self.subcommand not in TRAINING_COMMANDS:  # no runs/lightning_logs for index, search, ...
-            trainer = self.config[self.subcommand].trainer
-            trainer.logger = False
-            if trainer.precision is None:  # inference on a GPU: bf16 autocast unless asked otherwise
+        if self.subcommand in TRAINING_COMMANDS:
+            logs_follow_root_dir(cfg.trainer)
+        else:  # no runs/lightning_logs for index, search, ...
+            cfg.trainer.logger = False
+            if cfg.trainer.precision is None:  # inference on a GPU: bf16 autocast unless asked otherwise
                 from zoo.embed import inference_precision
 
-                trainer.precision = inference_precision(trainer.accelerator)
+                cfg.trainer.precision = inference_precision(cfg.trainer.accelerator)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -511,7 +524,7 @@ class ZooCLI(LightningCLI):
         parser.set_defaults({
             "trainer.max_epochs": 10,
             "trainer.num_sanity_val_steps": -1,  # validate the starting model in full (zoo.start_validation)
-            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": LOG_DIR}},
             "trainer.callbacks": [
                 # the best epoch by validation mAP ...
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -556,8 +569,7 @@ def expand_fit_wandb(argv: list[str]) -> list[str]:
         i = rest.index("--wandb_project")
         project = rest[i + 1]
         del rest[i : i + 2]
-    save_dir = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--trainer.default_root_dir"), "runs")
-    return ["fit", *wandb_logger_args(save_dir, project), *rest]
+    return ["fit", *wandb_logger_args(LOG_DIR, project), *rest]  # under --trainer.default_root_dir if given
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
