@@ -49,3 +49,24 @@ def test_fit_without_default_root_dir_still_logs_under_runs(tmp_path, zoo_cli, m
     monkeypatch.chdir(tmp_path)
     fit(tmp_path, zoo_cli)
     assert list((tmp_path / "runs").rglob("metrics.csv")) and list((tmp_path / "runs").rglob("last.ckpt"))
+
+
+def test_export_names_its_files_after_the_checkpoint(tmp_path, zoo_cli, monkeypatch):
+    model = zoo.ZooModel("timm/test_resnet", pretrained=False, data_config={"image_size": 32})
+    ckpt = tmp_path / "path" / "to" / "best-epoch=1.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    model.build()
+    state = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
+    model.on_save_checkpoint(state)  # what Lightning's checkpoint holds for zoo
+    torch.save(state, ckpt)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, out, err = zoo_cli("export", "--checkpoint", ckpt)
+    assert code == 0, err
+    assert out.strip() == "best-epoch=1.onnx"
+    assert sorted(p.name for p in work.iterdir()) == ["best-epoch=1.onnx", "best-epoch=1.onnx.json"]
+    assert json.loads((work / "best-epoch=1.onnx.json").read_text())["file"] == "best-epoch=1.onnx"
+    code, out, err = zoo_cli("export", "--checkpoint", ckpt, "--format", "torchscript")
+    assert code == 0, err and out.strip() == "best-epoch=1.pt"
+    assert (work / "best-epoch=1.pt").is_file() and (work / "best-epoch=1.pt.json").is_file()

@@ -334,6 +334,7 @@ def load_model(checkpoint: str) -> ZooModel:
         raise
     except Exception as e:  # truncated, not a checkpoint, or another model's
         raise ZooError(f"cannot load checkpoint {checkpoint}: {' '.join(str(e).split())[:160] or type(e).__name__}") from None
+    model.checkpoint_path = str(checkpoint)  # names `zoo export`'s file, recorded by `zoo benchmark --wandb`
     model.checkpoint_id = f"checkpoint:{Path(checkpoint).name} sha256:{sha256_file(checkpoint)[:16]}"
     model.eval()
     return model
