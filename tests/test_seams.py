@@ -70,3 +70,13 @@ def test_export_names_its_files_after_the_checkpoint(tmp_path, zoo_cli, monkeypa
     code, out, err = zoo_cli("export", "--checkpoint", ckpt, "--format", "torchscript")
     assert code == 0, err and out.strip() == "best-epoch=1.pt"
     assert (work / "best-epoch=1.pt").is_file() and (work / "best-epoch=1.pt.json").is_file()
+
+
+def test_root_help_introduces_zoo_and_lists_its_commands(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Lightning Trainer command line tool" not in out
+    text = " ".join(out.split())
+    assert "zoo: image similarity and retrieval" in text
+    for command in ("fit", "index", "search", "compare", "duplicates", "benchmark", "calibrate", "export", "serve", "list"):
+        assert f"\n    {command} " in out, command

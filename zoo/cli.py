@@ -617,7 +617,7 @@ def quiet_lightning() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = expand_fit_wandb(normalise_argv(list(sys.argv[1:] if argv is None else argv)))
-    from zoo.help import FULL_HELP, ZooArgumentParser
+    from zoo.help import DESCRIPTION, FULL_HELP, ZooArgumentParser
 
     FULL_HELP["on"] = "--help_all" in argv
     argv = ["--help" if a == "--help_all" else a for a in argv]
@@ -640,7 +640,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             auto_configure_optimizers=False,
-            parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in ZooCLI.subcommands()}},
+            parser_kwargs={"description": DESCRIPTION, "exit_on_error": False,
+                           **{c: {"exit_on_error": False} for c in ZooCLI.subcommands()}},
         )
     except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)
