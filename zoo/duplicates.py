@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -22,33 +21,33 @@ import numpy as np
 
 from zoo.data import scan_folder
 from zoo.errors import ZooError
-from zoo.io import atomic_path, check_writable_dir, write_json
+from zoo.io import atomic_path, check_writable_dir, sha256_file, write_json
 from zoo.pairsearch import (check_search_options, component_groups, exact_search, find_pairs, group_similarity_range,
                             make_groups, unit_rows)
 
 
 # ---- exact duplicates ---------------------------------------------------------------------
-def file_digest(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def exact_groups(paths: list[str]) -> list[list[str]]:
-    """Files with identical bytes (same size first, then same hash)."""
+    """Files with identical bytes (same size first, then same hash); a file that cannot be read
+    (gone, or no longer a regular file) is reported and left out."""
+    def hashed(key, p: str) -> tuple:
+        try:
+            return key(p)
+        except (OSError, ValueError) as e:
+            print(f"zoo: skipped {p} ({getattr(e, 'strerror', None) or e})", file=sys.stderr)
+            return None
+
     by_size = defaultdict(list)
     for p in paths:
-        by_size[os.path.getsize(p)].append(p)
+        by_size[hashed(os.path.getsize, p)].append(p)
     groups = []
-    for same_size in by_size.values():
-        if len(same_size) < 2:
+    for size, same_size in by_size.items():
+        if size is None or len(same_size) < 2:
             continue
         by_hash = defaultdict(list)
         for p in same_size:
-            by_hash[file_digest(p)].append(p)
-        groups += [sorted(g) for g in by_hash.values() if len(g) > 1]
+            by_hash[hashed(sha256_file, p)].append(p)
+        groups += [sorted(g) for h, g in by_hash.items() if h is not None and len(g) > 1]
     return sorted(groups)
 
 
