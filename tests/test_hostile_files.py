@@ -1,5 +1,7 @@
-"""Hostile files, round two: planted links where zoo takes a lock, named pipes and device
-links in photo folders, malformed calibration files."""
+"""Hostile files, round two: planted links where zoo takes a lock, forged or edited quarantine
+manifests, named pipes and device links in photo folders, malformed calibration files."""
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -87,6 +89,103 @@ def test_the_lock_is_shared_with_other_flock_holders(tmp_path):
     with pytest.raises(ZooError, match="is not a regular file"):
         with file_lock(tmp_path / "pipe.lock"):
             pass
+
+
+# ---- 2: undo puts back only what zoo moved, only where it came from ------------------------------
+def two_pairs(photos: Path) -> None:
+    """Two exact-duplicate pairs in two sub-folders."""
+    for folder, colour in (("sub", (10, 20, 30)), ("other", (200, 100, 0))):
+        a = save(Image.new("RGB", (8, 8), colour), photos / folder / "a.png")
+        shutil.copy(a, photos / folder / "a-copy.png")
+
+
+def test_forged_manifest_plants_nothing(tmp_path, zoo_cli):
+    site = tmp_path / "site-packages"  # stands for a folder on Python's path
+    site.mkdir()
+    handed = tmp_path / "handed"
+    (handed / "b1").mkdir(parents=True)
+    (handed / "b1" / "zoo-evil.pth").write_text("import os; os.system('touch pwned')\n")
+    body = {"root": str(site), "batch": "b1",
+            "moves": [{"from": str(site / "zoo-evil.pth"), "to": "b1/zoo-evil.pth", "kept": str(site / "x.pth")}]}
+    manifest = handed / "manifest-b1.json"
+    for forged in (body, {**body, "signature": hmac.new(b"guess", json.dumps(body, sort_keys=True).encode(),
+                                                         hashlib.sha256).hexdigest()}):
+        manifest.write_text(json.dumps(forged))
+        code, out, err = zoo_cli("duplicates", "--undo", manifest)
+        assert code == 2
+        one_error(err, "was not written by this user's `zoo duplicates --move-to`")
+        assert list(site.iterdir()) == [] and (handed / "b1" / "zoo-evil.pth").exists()
+
+
+def test_edited_genuine_manifest_is_refused(tmp_path, zoo_cli):
+    photos, other = tmp_path / "photos", tmp_path / "other-root"
+    two_pairs(photos)
+    other.mkdir()
+    (other / "sub").mkdir()
+    code, _, err = zoo_cli("duplicates", "--images", photos, "--exact_only", "--out", tmp_path / "d",
+                           "--move-to", tmp_path / "q")
+    assert code == 0, err
+    manifest = next((tmp_path / "q").glob("manifest-*.json"))
+    genuine = json.loads(manifest.read_text())
+    assert len(genuine["moves"]) == 2
+    batch = tmp_path / "q" / genuine["batch"]
+    quarantined = snapshot(batch)
+    entry = genuine["moves"][0]
+    rel = Path(entry["from"]).relative_to(photos)
+    for edited in ({**genuine, "root": str(other), "moves": [{**entry, "from": str(other / rel)}]},
+                   {**genuine, "moves": [{**entry, "from": str(photos / rel.parent / "renamed.png")}]},
+                   {**genuine, "moves": genuine["moves"][:1]}):
+        manifest.write_text(json.dumps(edited))
+        code, out, err = zoo_cli("duplicates", "--undo", manifest)
+        assert code == 2
+        one_error(err, "was not written by this user's `zoo duplicates --move-to`")
+        assert snapshot(batch) == quarantined and list(other.rglob("*.png")) == []
+        assert not (photos / rel.parent / "renamed.png").exists()
+    manifest.write_text(json.dumps(genuine))  # the genuine manifest still works
+    code, out, err = zoo_cli("duplicates", "--undo", manifest)
+    assert code == 0 and "restored 2 of 2" in out, err
+
+
+def test_undo_never_writes_through_a_folder_swapped_for_a_link(tmp_path, zoo_cli):
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    two_pairs(photos)
+    elsewhere.mkdir()
+    code, _, err = zoo_cli("duplicates", "--images", photos, "--exact_only", "--out", tmp_path / "d",
+                           "--move-to", tmp_path / "q")
+    assert code == 0, err
+    manifest = next((tmp_path / "q").glob("manifest-*.json"))
+    moved = {Path(m["from"]).relative_to(photos).as_posix() for m in json.loads(manifest.read_text())["moves"]}
+    assert {m.split("/")[0] for m in moved} == {"sub", "other"}
+    shutil.move(photos / "sub", tmp_path / "sub-was-here")
+    os.symlink(elsewhere, photos / "sub")  # the scanned sub-folder is now a link
+    code, out, err = zoo_cli("duplicates", "--undo", manifest)
+    assert code == 0 and "restored 1 of 2" in out, err
+    assert f"{photos / 'sub'} is not a real folder" in err  # skipped with a report, the rest restored
+    assert list(elsewhere.iterdir()) == []
+    assert all((photos / m).is_file() for m in moved if m.startswith("other/"))
+    # the skipped file stays in the quarantine; with the folder back, a second undo restores it
+    os.unlink(photos / "sub")
+    shutil.move(tmp_path / "sub-was-here", photos / "sub")
+    code, out, err = zoo_cli("duplicates", "--undo", manifest)
+    assert code == 0 and "restored 1 of 2" in out and "is gone" in err  # the other one is back already
+    assert all((photos / m).is_file() for m in moved)
+
+
+def test_quarantined_file_replaced_in_the_quarantine_is_not_restored(tmp_path, zoo_cli):
+    photos = tmp_path / "photos"
+    two_pairs(photos)
+    code, _, err = zoo_cli("duplicates", "--images", photos, "--exact_only", "--out", tmp_path / "d",
+                           "--move-to", tmp_path / "q")
+    assert code == 0, err
+    manifest = next((tmp_path / "q").glob("manifest-*.json"))
+    first, second = json.loads(manifest.read_text())["moves"]
+    (tmp_path / "q" / first["to"]).write_bytes(b"not what zoo moved")
+    (tmp_path / "q" / second["to"]).unlink()
+    os.symlink(tmp_path / "d" / "groups.json", tmp_path / "q" / second["to"])
+    code, out, err = zoo_cli("duplicates", "--undo", manifest)
+    assert code == 0 and "restored 0 of 2" in out, err
+    assert "is not the file zoo moved" in err and "is not a regular file" in err
+    assert not Path(first["from"]).exists() and not Path(second["from"]).exists()
 
 
 # ---- 9: only regular files inside the folder are read --------------------------------------------
