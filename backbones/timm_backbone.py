@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.io import sha256_file
 from zoo.registry import BACKBONES, register_backbone, unknown_name_message
-from zoo.weights import sha256_file, warn_loudly
+from zoo.weights import warn_loudly
 
 
 class Backbone(nn.Module):

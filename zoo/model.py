@@ -16,9 +16,9 @@ from torchmetrics.utilities import dim_zero_cat
 from zoo.backbones.timm_backbone import Backbone, check_backbone_name, create_backbone
 from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
+from zoo.io import sha256_file
 from zoo.metrics import RetrievalMetrics
 from zoo.registry import HEADS
-from zoo.weights import sha256_file
 
 # preprocessing for heads that bring their own encoder (no backbone)
 DEFAULT_DATA_CONFIG = {
