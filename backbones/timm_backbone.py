@@ -164,6 +164,29 @@ def check_data_config(cfg: Optional[dict], where: str) -> dict:
     return dict(cfg)
 
 
+# architecture arguments a model_kwargs (from the command line, a weights sidecar, an index's or a
+# checkpoint's recipe) may pass to timm.create_model; anything else (checkpoint_path,
+# pretrained_cfg, cache_dir... which make timm read or write a file) is refused
+MODEL_KWARGS_KEYS = {"pad_type", "global_pool", "gem_p", "drop_rate", "drop_path_rate", "drop_block_rate",
+                     "img_size", "output_stride", "dynamic_img_size"}
+
+
+def check_model_kwargs(kwargs: dict, model_name: str) -> dict:
+    unknown = sorted(map(str, set(kwargs) - MODEL_KWARGS_KEYS))
+    if unknown:
+        raise ZooError(f"cannot build {model_name} with model_kwargs key(s) {', '.join(unknown)}; "
+                       f"allowed: {', '.join(sorted(MODEL_KWARGS_KEYS))}")
+    for key, value in kwargs.items():
+        plain = value is None or isinstance(value, (bool, int, float, str))
+        if not plain and not (isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value)):
+            raise ZooError(f"cannot build {model_name} with model_kwargs {key}: a number, a string or a list of integers "
+                           f"is expected, not {type(value).__name__}")
+    p = kwargs.get("gem_p", 3.0)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1e3:
+        raise ZooError(f"cannot build {model_name} with model_kwargs gem_p {p!r:.40}: a number between 0 and 1000 is expected")
+    return kwargs
+
+
 def _sidecar(weights: Optional[str]) -> dict:
     """``weights.json`` beside a weights file may say how to build the model (model_kwargs,
     pretrained_cfg_overlay); explicit arguments win over it. Plain JSON only, checked."""
@@ -223,7 +246,7 @@ def timm_backbone(
     side = _sidecar(weights)
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise ZooError(f"model_kwargs must be a mapping of timm arguments, not {type(model_kwargs).__name__}")
-    kwargs = {**side.get("model_kwargs", {}), **(model_kwargs or {})}
+    kwargs = check_model_kwargs({**side.get("model_kwargs", {}), **(model_kwargs or {})}, model_name)
     overlay = {**side.get("pretrained_cfg_overlay", {}), **check_data_config(data_config, "data_config")}
     for key in ("input_size", "mean", "std"):
         if key in overlay:

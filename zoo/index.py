@@ -367,8 +367,9 @@ class ZooIndex:
             try:
                 model = ZooModel(**hp)
                 model.configure_model(load_weights=own is None, recipe=m["recipe"])
-            except (TypeError, ValueError, KeyError) as e:
-                raise ZooError(f"{self.folder}: the recorded model cannot be built ({e})") from None
+            except Exception as e:  # meta.json is hostile: whatever it holds, one line
+                reason = " ".join(str(e).split())[:600] or type(e).__name__
+                raise ZooError(f"{self.folder}: the recorded model cannot be built ({reason})") from None
             if own is not None:
                 from safetensors.torch import load_file
 
