@@ -4,12 +4,18 @@ Every case builds the hostile file itself; none may run code, make timm read a f
 damaged vectors into an index, or end in a traceback or an empty answer with exit 0.
 """
 import json
+import shutil
 
+import faiss
+import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 import zoo
+from zoo.embed import default_trainer
 from zoo.errors import ZooError
+from zoo.index import new_faiss_index
 from zoo.model import model_config
 from test_hostile import FAST, MODEL, evil_file, fast_model, one_error, version_dir
 
@@ -112,3 +118,116 @@ def test_torch_that_unpickles_by_default_is_not_allowed():
 
     deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "torch>=2.6" in deps  # the first torch whose torch.load reads weights only by default
+
+
+# ---- 10: shards and index files that disagree ----------------------------------------------------
+class StopAt(Callback):
+    """Fails the run at a given batch, as a crash would."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == self.batch:
+            raise RuntimeError("simulated crash")
+
+
+def stopped_run(shapes_dir, out):
+    """Shards of a run that stopped after three batches of two: the job's folder and its vector files."""
+    trainer = default_trainer(False)
+    trainer.callbacks.append(StopAt(batch=3))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        zoo.build_index(shapes_dir, fast_model(), out=out, trainer=trainer, batch_size=2, shard_size=2)
+    work = next(out.glob(".embed-*"))
+    return work, sorted(work.glob("*.vectors.npy"))
+
+
+def test_a_resumed_shard_of_nan_vectors_is_refused(shapes_dir, tmp_path, zoo_cli):
+    out = tmp_path / "s.index"
+    work, shards = stopped_run(shapes_dir, out)
+    v = np.load(shards[1])
+    v[0, 3], v[1, 0] = np.nan, np.inf
+    np.save(shards[1], v)
+    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *FAST)
+    assert code == 2, err
+    one_error(err, f"{shards[1]} is damaged (non-finite values); remove {work} to embed again from the start")
+    assert not (out / "ZOO_INDEX.json").exists()
+
+
+def test_a_resumed_shard_of_another_dim_is_refused(shapes_dir, tmp_path, zoo_cli):
+    out = tmp_path / "s.index"
+    work, shards = stopped_run(shapes_dir, out)
+    for shard in (shards[-1], shards[0]):  # after shards of the right dim, or first
+        good = np.load(shard)
+        np.save(shard, np.ones((len(good), 7), np.float32))
+        code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *FAST)
+        assert code == 2, err
+        one_error(err, f"{shard} is damaged (vectors of dim 7, not 96); remove {work} to embed again from the start")
+        np.save(shard, good)
+    assert not (out / "ZOO_INDEX.json").exists()
+
+
+def rewrite_faiss(index, factory: str = "Flat", shift: int = 0, drop: int = 0) -> None:
+    """index.faiss of the same vectors as ``factory``, their ids shifted by ``shift``, the last ``drop`` left out."""
+    path = version_dir(index) / "index.faiss"
+    old = faiss.read_index(str(path))
+    ids = faiss.vector_to_array(old.id_map).astype(np.int64)
+    vectors = faiss.downcast_index(old.index).reconstruct_n(0, old.ntotal)
+    new = new_faiss_index(old.d, factory)
+    new.train(vectors)
+    keep = len(ids) - drop
+    new.add_with_ids(vectors[:keep], ids[:keep] + shift)
+    faiss.write_index(new, str(path))
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF2,Flat", "HNSW8"])
+def test_an_index_whose_ids_are_not_its_items_is_refused(index_dir, shapes_dir, zoo_cli, factory):
+    q = shapes_dir / "circle" / "000.png"
+    saved = (version_dir(index_dir) / "index.faiss").read_bytes()
+    rewrite_faiss(index_dir, factory)  # the same ids: a good index
+    code, out, err = zoo_cli("search", "--query", q, "--index", index_dir, "-k", "3")
+    assert code == 0 and str(q) in out, err
+    for shift, drop in ((1000, 0), (1, 0), (0, 1)):
+        (version_dir(index_dir) / "index.faiss").write_bytes(saved)
+        rewrite_faiss(index_dir, factory, shift, drop)
+        code, out, err = zoo_cli("search", "--query", q, "--index", index_dir, "-k", "3")
+        assert code == 2, (shift, drop, out, err)
+        one_error(err, "rebuild the index")
+        assert "index.faiss" in err and "items.sqlite" in err
+
+
+def test_index_faiss_swapped_between_two_indexes_is_refused(index_dir, shapes_dir, tmp_path, zoo_cli):
+    other = tmp_path / "other.index"
+    shutil.copytree(index_dir, other)
+    (shapes_dir / "circle" / "000.png").unlink()  # one file goes, another comes: ids 1..12, not 0..11
+    shutil.copy(shapes_dir / "square" / "000.png", shapes_dir / "square" / "new.png")
+    code, _, err = zoo_cli("index", "--out", other, "--update", "--num_workers", "0")
+    assert code == 0, err
+    assert len(zoo.load_index(other)) == len(zoo.load_index(index_dir))
+    shutil.copy(version_dir(index_dir) / "index.faiss", version_dir(other) / "index.faiss")
+    code, out, err = zoo_cli("search", "--query", shapes_dir / "square" / "001.png", "--index", other)
+    assert code == 2, (out, err)
+    one_error(err, "the ids in index.faiss are not the ids of items.sqlite")
+
+
+# ---- meta.json values of the wrong type ------------------------------------------------------------
+def test_meta_json_search_settings_and_root_of_the_wrong_type_are_one_line(index_dir, shapes_dir, zoo_cli):
+    q = shapes_dir / "circle" / "000.png"
+    rewrite_faiss(index_dir, "IVF2,Flat")
+    edit_meta(index_dir, search={"nprobe": 2})
+    good = (version_dir(index_dir) / "meta.json").read_text()
+    code, _, err = zoo_cli("search", "--query", q, "--index", index_dir)
+    assert code == 0, err
+    cases = [({"search": {"nprobe": "x"}}, "search setting nprobe"), ({"search": {"nprobe": 1.5}}, "search setting nprobe"),
+             ({"search": {"nprobe": -3}}, "search setting nprobe"), ({"search": {"nprobe": True}}, "search setting nprobe"),
+             ({"search": {"nprobe": None}}, "search setting nprobe"), ({"search": {"nprobe": 10**30}}, "search setting nprobe"),
+             ({"search": [1]}, "search settings"), ({"search": {"max_codes": 1}}, "search setting max_codes"),
+             ({"root": None}, "root"), ({"root": 3}, "root"), ({"root": ""}, "root"), ({"root": "relative/dir"}, "root"),
+             ({"root": "/a\u0000b"}, "root")]
+    for change, message in cases:
+        (version_dir(index_dir) / "meta.json").write_text(good)
+        edit_meta(index_dir, **change)
+        code, _, err = zoo_cli("search", "--query", q, "--index", index_dir)
+        assert code == 2, (change, err)
+        one_error(err, "meta.json is damaged")
+        one_error(err, message)
