@@ -231,3 +231,19 @@ def test_meta_json_search_settings_and_root_of_the_wrong_type_are_one_line(index
         assert code == 2, (change, err)
         one_error(err, "meta.json is damaged")
         one_error(err, message)
+
+
+def test_a_recipe_cannot_make_every_image_huge(index_dir):
+    """Preprocessing and sizes from a file are bounded (a query resized to 100000 px a side would
+    take the machine's memory); checked when the model is rebuilt, before any image is read."""
+    good = (version_dir(index_dir) / "meta.json").read_text()
+    for where, value, message in (("model__recipe__data_config", {"input_size": [3, 100000, 100000]}, "input_size"),
+                                  ("model__recipe__data_config", {"image_size": 10**6}, "image_size"),
+                                  ("model__recipe__data_config", {"crop_pct": 1e-6}, "crop_pct"),
+                                  ("model__recipe__data_config", {"mean": [0, 0]}, "mean"),
+                                  ("model__recipe__model_kwargs", {"img_size": 10**6}, "img_size"),
+                                  ("model__hparams__data_config", {"image_size": 10**6}, "image_size")):
+        (version_dir(index_dir) / "meta.json").write_text(good)
+        edit_meta(index_dir, **{where: value})
+        with pytest.raises(ZooError, match=f"the recorded model cannot be built .*{message}"):
+            zoo.load_index(index_dir).model()

@@ -13,7 +13,7 @@ import timm
 import torch
 from torchmetrics.utilities import dim_zero_cat
 
-from zoo.backbones.timm_backbone import Backbone, check_backbone_name, check_model_kwargs, create_backbone
+from zoo.backbones.timm_backbone import Backbone, check_backbone_name, check_data_config, check_model_kwargs, create_backbone
 from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
 from zoo.metrics import RetrievalMetrics
@@ -76,7 +76,8 @@ class ZooModel(L.LightningModule):
         self.save_hyperparameters()
         if backbone is not None:
             check_backbone_name(backbone)
-            check_model_kwargs(model_kwargs or {}, backbone)
+            check_model_kwargs(backbone, model_kwargs)
+        check_data_config(data_config, "data_config")
         HEADS.get(head)  # fails now, with the valid names, if unknown
         self.backbone: Optional[Backbone] = None
         self.head: Optional[Head] = None
