@@ -235,7 +235,7 @@ def _sidecar(weights: Optional[str]) -> dict:
         return {}
     try:
         data = json.loads(side.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ZooError(f"{side} is not valid JSON ({' '.join(str(e).split())[:100]})") from None
     if not isinstance(data, dict):
         raise ZooError(f"{side} must hold a JSON object with model_kwargs and/or pretrained_cfg_overlay")

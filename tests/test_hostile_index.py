@@ -247,3 +247,23 @@ def test_a_recipe_cannot_make_every_image_huge(index_dir):
         edit_meta(index_dir, **{where: value})
         with pytest.raises(ZooError, match=f"the recorded model cannot be built .*{message}"):
             zoo.load_index(index_dir).model()
+
+
+def test_json_nested_too_deep_or_with_infinite_positions_is_one_line(index_dir, shapes_dir, tmp_path, zoo_cli):
+    q = shapes_dir / "circle" / "000.png"
+    deep = "[" * 100_000 + "]" * 100_000
+    for path in (version_dir(index_dir) / "meta.json", index_dir / "ZOO_INDEX.json"):
+        good = path.read_text()
+        path.write_text(deep)
+        code, _, err = zoo_cli("search", "--query", q, "--index", index_dir)
+        assert code == 2, err
+        one_error(err, "is damaged")
+        path.write_text(good)
+    out = tmp_path / "s.index"
+    work, shards = stopped_run(shapes_dir, out)
+    skipped = shards[0].with_name(shards[0].name.replace(".vectors.npy", ".skipped.json"))
+    for text in ('[[1e999, "not an image"]]', deep):
+        skipped.write_text(text)
+        code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *FAST)
+        assert code == 2, err
+        one_error(err, f"{skipped} is damaged (not a list of [position, reason]); remove {work}")

@@ -522,7 +522,7 @@ class ZooIndex:
                 raise FileNotFoundError(folder / name)
         try:
             meta = json.loads((folder / "meta.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
             raise ZooError(f"{path}: meta.json is damaged ({' '.join(str(e).split())[:100]}); rebuild the index") from None
         check_meta(meta, path)
         try:

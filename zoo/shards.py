@@ -122,7 +122,7 @@ class ShardJob:
             try:
                 rows = json.loads((self.folder / f"{s}.skipped.json").read_text())
                 pairs = [(int(pos), str(reason)) for pos, reason in rows]
-            except (ValueError, TypeError, OSError, UnicodeDecodeError):
+            except (ValueError, TypeError, OverflowError, OSError, UnicodeDecodeError, RecursionError):
                 raise self._damaged(f"{s}.skipped.json", "not a list of [position, reason]") from None
             for pos, reason in pairs:
                 if not 0 <= pos < self.n:
