@@ -22,7 +22,7 @@ from test_hostile import fast_model, version_dir  # noqa: E402
 from zoo.errors import ZooError  # noqa: E402
 from zoo.shards import ShardJob  # noqa: E402
 
-FAST = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=8)
