@@ -5,6 +5,7 @@ damaged vectors into an index, or end in a traceback or an empty answer with exi
 """
 import json
 import shutil
+import sqlite3
 
 import faiss
 import numpy as np
@@ -208,6 +209,17 @@ def test_index_faiss_swapped_between_two_indexes_is_refused(index_dir, shapes_di
     code, out, err = zoo_cli("search", "--query", shapes_dir / "square" / "001.png", "--index", other)
     assert code == 2, (out, err)
     one_error(err, "the ids in index.faiss are not the ids of items.sqlite")
+
+
+def test_items_whose_ids_are_not_integers_are_refused(index_dir, shapes_dir, zoo_cli):
+    db = sqlite3.connect(version_dir(index_dir) / "items.sqlite")
+    db.executescript("ALTER TABLE items RENAME TO old; CREATE TABLE items (id TEXT, path TEXT, label TEXT, frame INTEGER, "
+                     "time REAL, size INTEGER, mtime_ns INTEGER); INSERT INTO items SELECT 'x' || id, path, label, frame, "
+                     "time, size, mtime_ns FROM old; DROP TABLE old;")
+    db.close()
+    code, out, err = zoo_cli("search", "--query", shapes_dir / "circle" / "000.png", "--index", index_dir)
+    assert code == 2, (out, err)
+    one_error(err, "items.sqlite: not a readable zoo item table (12 ids that are not integers)")
 
 
 # ---- meta.json values of the wrong type ------------------------------------------------------------

@@ -177,7 +177,7 @@ class ShardJob:
     def _take(self, shard: np.ndarray, row: np.ndarray) -> np.ndarray:
         """Rows ``row`` of shards ``shard`` as one float32 array; a shard of NaN or infinite
         values is damaged (they would make every search of the index meaningless)."""
-        stems, (vectors, *_) = self._read
+        stems, (vectors, *_) = self._read  # what the caller's _layout() read
         out = np.empty((len(shard), self.dim), dtype=np.float32)
         for s in np.unique(shard):
             sel = shard == s

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
+
 from zoo.errors import ZooError
 
 SCHEMA = """
@@ -122,7 +123,10 @@ class ItemStore:
 
     def ids(self) -> np.ndarray:
         """Every item id in order (int64); read only when they are not simply MIN..MAX."""
-        n, lo, hi = self.db.execute("SELECT COUNT(*), MIN(id), MAX(id) FROM items").fetchone()
+        n, lo, hi, other = self.db.execute(
+            "SELECT COUNT(*), MIN(id), MAX(id), COUNT(*) - COUNT(CASE WHEN typeof(id) = 'integer' THEN 1 END) FROM items").fetchone()
+        if other:
+            raise ZooError(f"{self.path}: not a readable zoo item table ({other} ids that are not integers)")
         if not n:
             return np.zeros(0, np.int64)
         if hi - lo + 1 == n:
