@@ -39,6 +39,8 @@ from zoo.store import ItemStore, file_state
 
 META_KEYS = ("model", "factory", "root", "count", "dim")
 MODEL_KEYS = ("architecture", "dim", "weights", "hparams", "recipe")
+SEARCH_PARAMS = ("nprobe", "efSearch")  # the search settings meta.json may hold
+MAX_SEARCH = 1 << 20
 
 
 @dataclass
@@ -131,22 +133,52 @@ def new_faiss_index(dim: int, factory: str) -> faiss.Index:
     return index
 
 
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """The ids of every stored vector (int64; in storage order for an IndexIDMap2, by inverted
+    list for an inverted file), read without touching the vectors."""
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    lists = [faiss.rev_swig_ptr(ivf.invlists.get_ids(l), ivf.invlists.list_size(l)).copy()
+             for l in range(ivf.nlist) if ivf.invlists.list_size(l)]
+    return np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
+
+
 def stored_vectors(index: faiss.Index, chunk: int = 65536):
     """Yield (ids, vectors) of every stored vector, a chunk at a time (codes decoded: for SQ/PQ
     indexes the vectors are approximations)."""
     if isinstance(index, faiss.IndexIDMap2):
-        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        ids = stored_ids(index)
         inner = faiss.downcast_index(index.index)
         for s in range(0, len(ids), chunk):
             yield ids[s : s + chunk], inner.reconstruct_n(s, min(chunk, len(ids) - s))
         return
-    ivf = faiss.extract_index_ivf(index)
-    lists = [faiss.rev_swig_ptr(ivf.invlists.get_ids(l), ivf.invlists.list_size(l)).copy()
-             for l in range(ivf.nlist) if ivf.invlists.list_size(l)]
-    ids = np.sort(np.concatenate(lists)) if lists else np.zeros(0, np.int64)
+    ids = np.sort(stored_ids(index))
     for s in range(0, len(ids), chunk):
         part = ids[s : s + chunk]
         yield part, index.reconstruct_batch(part)
+
+
+def check_meta(meta: Any, path: Path) -> None:
+    """meta.json as ``_load_version`` uses it: the keys it needs, an absolute root, and search
+    settings that are integers (anything else is a damaged or edited file)."""
+    def damaged(why: str) -> ZooError:
+        return ZooError(f"{path}: meta.json is damaged ({why}); rebuild the index")
+
+    if not isinstance(meta, dict) or any(k not in meta for k in META_KEYS):
+        raise damaged(f"missing {', '.join(k for k in META_KEYS if not isinstance(meta, dict) or k not in meta)}")
+    if not isinstance(meta["model"], dict) or any(k not in meta["model"] for k in MODEL_KEYS):
+        raise damaged("missing model fields")
+    root = meta["root"]
+    if not isinstance(root, str) or not os.path.isabs(root) or "\0" in root:
+        raise damaged(f"root must be an absolute folder path, not {json.dumps(root)[:60]}")
+    search = meta.get("search", {})
+    if not isinstance(search, dict):
+        raise damaged("search settings must be a mapping")
+    for name, value in search.items():
+        if name not in SEARCH_PARAMS or isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEARCH:
+            raise damaged(f"search setting {name} {json.dumps(value)[:40]}: "
+                          f"{' and '.join(SEARCH_PARAMS)} take an integer from 1 to {MAX_SEARCH}")
 
 
 def set_search_params(index: faiss.Index, params: dict[str, int]) -> None:
@@ -264,7 +296,7 @@ class ZooIndex:
     def _rebuild_without(self, gone: np.ndarray) -> None:
         """Re-add the vectors that stay to an empty copy of the trained index (no retraining);
         internal positions stay 0..N-1 in id-map order, so row i of the storage is id_map[i]."""
-        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        ids = stored_ids(self.index)
         keep = ~np.isin(ids, gone)
         inner = faiss.downcast_index(self.index.index)
         vectors = inner.reconstruct_n(0, inner.ntotal)[keep] if len(ids) else np.zeros((0, self.dim), np.float32)
@@ -312,7 +344,7 @@ class ZooIndex:
 
         if isinstance(self.index, faiss.IndexIDMap2):
             vectors, lossy = index_vectors(faiss.downcast_index(self.index.index))
-            return faiss.vector_to_array(self.index.id_map).astype(np.int64), vectors, lossy
+            return stored_ids(self.index), vectors, lossy
         parts = list(stored_vectors(self.index))  # an inverted file: decoded by id, a chunk at a time
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
         vectors = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.dim), np.float32)
@@ -367,8 +399,9 @@ class ZooIndex:
             try:
                 model = ZooModel(**hp)
                 model.configure_model(load_weights=own is None, recipe=m["recipe"])
-            except (TypeError, ValueError, KeyError) as e:
-                raise ZooError(f"{self.folder}: the recorded model cannot be built ({e})") from None
+            except Exception as e:  # meta.json is hostile: whatever it holds, one line
+                reason = " ".join(str(e).split())[:600] or type(e).__name__
+                raise ZooError(f"{self.folder}: the recorded model cannot be built ({reason})") from None
             if own is not None:
                 from safetensors.torch import load_file
 
@@ -489,11 +522,9 @@ class ZooIndex:
                 raise FileNotFoundError(folder / name)
         try:
             meta = json.loads((folder / "meta.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
             raise ZooError(f"{path}: meta.json is damaged ({' '.join(str(e).split())[:100]}); rebuild the index") from None
-        if not isinstance(meta, dict) or any(k not in meta for k in META_KEYS) or not isinstance(meta["model"], dict) \
-                or any(k not in meta["model"] for k in MODEL_KEYS):
-            raise ZooError(f"{path}: meta.json is damaged (missing {', '.join(k for k in META_KEYS if not isinstance(meta, dict) or k not in meta) or 'model fields'}); rebuild the index")
+        check_meta(meta, path)
         try:
             index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         except RuntimeError as e:
@@ -502,9 +533,12 @@ class ZooIndex:
             raise ZooError(f"{path}: index.faiss is not a zoo index (no item ids); rebuild the index")
         store = ItemStore(folder / "items.sqlite", readonly=True)
         if index.ntotal != len(store) or index.d != meta["model"]["dim"]:
-            raise ZooError(f"{path} is inconsistent: {index.ntotal} vectors of dim {index.d} but {len(store)} items of dim {meta['model']['dim']}")
-        if isinstance(meta.get("search"), dict):
-            set_search_params(index, meta["search"])
+            raise ZooError(f"{path} is inconsistent: index.faiss holds {index.ntotal} vectors of dim {index.d}, items.sqlite "
+                           f"{len(store)} items, meta.json says dim {json.dumps(meta['model']['dim'])[:20]}; rebuild the index")
+        # the same ids on both sides (a swapped or edited file would give other items, or none)
+        if not np.array_equal(np.sort(stored_ids(index)), store.ids()):
+            raise ZooError(f"{path} is inconsistent: the ids in index.faiss are not the ids of items.sqlite; rebuild the index")
+        set_search_params(index, meta.get("search", {}))
         return cls(index, meta, store, Path(meta["root"]), folder)
 
     def writable_copy(self) -> "ZooIndex":
@@ -615,7 +649,7 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
     from zoo.embed import embed_to_shards, report_skipped
     from zoo.shards import ShardJob, is_primary_process, job_key
 
-    job = ShardJob(out, job_key(model_identity(model), records), len(records))
+    job = ShardJob(out, job_key(model_identity(model), records), len(records), model.embedding_dim)
     primary = is_primary_process()
     if primary:
         job.prepare()

@@ -44,7 +44,7 @@ def read_marker(path: Path) -> dict:
         raise ZooError(f"{path} is not a zoo index (expected a folder made by `zoo index`)")
     try:
         m = json.loads(marker.read_text())
-    except (ValueError, UnicodeDecodeError, OSError) as e:
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
         raise ZooError(f"{marker} is damaged ({' '.join(str(e).split())[:100]}); rebuild the index") from None
     if not isinstance(m, dict) or m.get("kind") != "zoo-index" or not _VERSION.match(str(m.get("current", ""))):
         raise ZooError(f"{marker} is damaged (not a zoo index marker); rebuild the index")

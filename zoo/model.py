@@ -13,7 +13,7 @@ import timm
 import torch
 from torchmetrics.utilities import dim_zero_cat
 
-from zoo.backbones.timm_backbone import Backbone, check_backbone_name, create_backbone
+from zoo.backbones.timm_backbone import Backbone, check_backbone_name, check_data_config, check_model_kwargs, create_backbone
 from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
 from zoo.io import sha256_file
@@ -57,7 +57,8 @@ class ZooModel(L.LightningModule):
             pretrained: fetch the backbone's hub weights (or use the local cache); without
                 them it runs with random init, loudly.
             weights: a local .pth/.safetensors state dict for the backbone (offline).
-            model_kwargs: extra timm architecture arguments (e.g. {pad_type: same}).
+            model_kwargs: extra timm architecture arguments (e.g. {pad_type: same}); only those in
+                zoo.backbones.timm_backbone.MODEL_KWARGS_KEYS, none that names a file.
             data_config: preprocessing overrides (mean, std, input_size, interpolation,
                 crop_pct, or image_size as a shortcut).
             head_kwargs: the head's own options (see its class).
@@ -75,6 +76,8 @@ class ZooModel(L.LightningModule):
         self.save_hyperparameters()
         if backbone is not None:
             check_backbone_name(backbone)
+            check_model_kwargs(backbone, model_kwargs)
+        check_data_config(data_config, "data_config")
         HEADS.get(head)  # fails now, with the valid names, if unknown
         self.backbone: Optional[Backbone] = None
         self.head: Optional[Head] = None

@@ -12,6 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
+import numpy as np
+
 from zoo.errors import ZooError
 
 SCHEMA = """
@@ -118,6 +120,18 @@ class ItemStore:
     def has_frames(self) -> bool:
         """True if any item is a video frame."""
         return self.db.execute("SELECT 1 FROM items WHERE frame IS NOT NULL LIMIT 1").fetchone() is not None
+
+    def ids(self) -> np.ndarray:
+        """Every item id in order (int64); read only when they are not simply MIN..MAX."""
+        n, lo, hi, other = self.db.execute(
+            "SELECT COUNT(*), MIN(id), MAX(id), COUNT(*) - COUNT(CASE WHEN typeof(id) = 'integer' THEN 1 END) FROM items").fetchone()
+        if other:
+            raise ZooError(f"{self.path}: not a readable zoo item table ({other} ids that are not integers)")
+        if not n:
+            return np.zeros(0, np.int64)
+        if hi - lo + 1 == n:
+            return np.arange(lo, hi + 1, dtype=np.int64)
+        return np.fromiter((r[0] for r in self.db.execute("SELECT id FROM items ORDER BY id")), np.int64, count=n)
 
     def max_id(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(id), -1) FROM items").fetchone()[0]
