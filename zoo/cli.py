@@ -412,6 +412,8 @@ class ZooTrainer(L.Trainer):
         duplicates: Optional[str] = None,
         max_upload_mb: float = 20.0,
         threads: int = 1,
+        allowed_hosts: Optional[list[str]] = None,
+        max_pixels: int = 40_000_000,
         datamodule: Any = None,
     ) -> None:
         """Serve searches over HTTP: a JSON API (docs at /docs) and a web page; the index's model loads once.
@@ -424,11 +426,14 @@ class ZooTrainer(L.Trainer):
             duplicates: a `zoo duplicates` result (DIR or DIR/groups.json) to browse.
             max_upload_mb: largest image upload accepted, in MiB.
             threads: CPU threads of a forward pass (requests take turns on the one model).
+            allowed_hosts: more names the server may be reached by (the Host header), e.g. [photos.lan];
+                without them only its own addresses and, on loopback, localhost are answered.
+            max_pixels: largest image an upload may decode to (a JPEG after its draft reduction); larger ones get 413.
         """
         from zoo.serve import run_server
 
         run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb,
-                   threads=threads)
+                   threads=threads, allowed_hosts=allowed_hosts or (), max_pixels=max_pixels)
 
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False, datamodule: Any = None) -> None:
         """List registered backbones and heads (wildcards allowed, e.g. 'res*') and which weights are offline.

@@ -140,9 +140,10 @@ def records_from(inputs: Sequence[str | Path]) -> list[Record]:
     return records
 
 
-def load_image(path: str | Path | bytes, draft_size: Optional[int] = None) -> Image.Image:
+def load_image(path: str | Path | bytes, draft_size: Optional[int] = None, max_pixels: Optional[int] = None) -> Image.Image:
     """Decode any image Pillow knows (a file, or its bytes) into 8-bit RGB, upright.
-    Raises ValueError(reason)."""
+    ``max_pixels``: refuse, from the header and before decoding, an image that would decode to
+    more pixels (after a JPEG's draft reduction). Raises ValueError(reason)."""
     import io
 
     try:
@@ -156,8 +157,10 @@ def load_image(path: str | Path | bytes, draft_size: Optional[int] = None) -> Im
             with Image.open(f) as im:
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))  # decode big JPEGs at reduced size
+                if max_pixels and im.width * im.height > max_pixels:
+                    raise ValueError(f"too large ({im.width} x {im.height} pixels; the limit is {max_pixels:,})")
                 im.load()
-                im = ImageOps.exif_transpose(im)
+                ImageOps.exif_transpose(im, in_place=True)  # no copy: to_rgb makes the one returned
                 return to_rgb(im)
     except ValueError:
         raise

@@ -35,7 +35,7 @@ import zoo
 from zoo import indexdir
 from zoo.data import Record, records_from, scan_folder
 from zoo.errors import ZooError
-from zoo.store import ItemStore, file_state
+from zoo.store import ItemStore, file_state, resolve_item_path
 
 META_KEYS = ("model", "factory", "root", "count", "dim")
 MODEL_KEYS = ("architecture", "dim", "weights", "hparams", "recipe")
@@ -327,6 +327,25 @@ class ZooIndex:
         if row is None:
             raise ZooError(f"no item with id {id} in this index")
         return self._item(row)
+
+    def item_file(self, id: int) -> Path:
+        """The file of item ``id``, links resolved; a ZooError unless it is a regular file inside
+        the index's root (zoo.store.resolve_item_path): what a server or report may open."""
+        row = self.store.get([id]).get(int(id))
+        if row is None:
+            raise ZooError(f"no item with id {id} in this index")
+        return resolve_item_path(self.root, row["path"])
+
+    def ids_of(self, paths: Sequence[str]) -> dict[str, int]:
+        """Absolute path -> id of the indexed file (not a video frame) at each of ``paths`` that
+        the index holds; one query whatever their number."""
+        rel = {}
+        for p in paths:
+            try:
+                rel[self.relative(os.path.normpath(p))] = p
+            except ZooError:  # outside the root: not in this index
+                pass
+        return {rel[r]: i for r, i in self.store.ids_of(list(rel)).items()}
 
     @property
     def items(self) -> list[dict]:
