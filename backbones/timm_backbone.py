@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.io import sha256_file
 from zoo.registry import BACKBONES, register_backbone, unknown_name_message
-from zoo.weights import sha256_file, warn_loudly
+from zoo.weights import warn_loudly
 
 
 class Backbone(nn.Module):
@@ -147,10 +148,35 @@ def load_weights_file(model: nn.Module, path: str | Path, model_name: str) -> st
     return f"file:{path.name} sha256:{sha256_file(path)}"
 
 
-# preprocessing keys a data_config / sidecar overlay may set; anything else (a "file" or "url"
-# that would make timm read or fetch something) is refused
-DATA_CONFIG_KEYS = {"mean", "std", "input_size", "image_size", "interpolation", "crop_pct", "crop_mode",
-                    "test_input_size", "test_crop_pct", "min_input_size", "fixed_input_size"}
+# preprocessing keys a data_config / sidecar overlay may set, and what each value may be; anything
+# else (a "file" or "url" that would make timm read or fetch something) is refused. Sizes are
+# bounded, so that a recipe in a file cannot make every image a gigapixel.
+MAX_IMAGE_SIDE = 2048
+
+
+def _number(lo: float, hi: float):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _three(ok):
+    return lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(map(ok, v))
+
+
+_side = _number(1, MAX_IMAGE_SIDE)
+_SIDE = (lambda v: isinstance(v, int) and _side(v), f"an integer from 1 to {MAX_IMAGE_SIDE}")
+_SIZE = (lambda v: _three(lambda x: isinstance(x, int) and _side(x))(v) and v[0] == 3,
+         f"[3, H, W] with H and W integers from 1 to {MAX_IMAGE_SIDE}")
+_CROP = (_number(0.5, 1.5), "a number from 0.5 to 1.5")
+DATA_CONFIG_VALUES = {
+    "image_size": _SIDE, "input_size": _SIZE, "test_input_size": _SIZE, "min_input_size": _SIZE,
+    "mean": (_three(_number(-1e3, 1e3)), "three numbers"), "std": (_three(_number(1e-6, 1e3)), "three numbers above 0"),
+    "crop_pct": _CROP, "test_crop_pct": _CROP,
+    "interpolation": (lambda v: v in ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"),
+                      "bilinear, bicubic, nearest, lanczos, box or hamming"),
+    "crop_mode": (lambda v: v in ("center", "squash", "border"), "center, squash or border"),
+    "fixed_input_size": (lambda v: isinstance(v, bool), "true or false"),
+}
+DATA_CONFIG_KEYS = set(DATA_CONFIG_VALUES)
 
 
 def check_data_config(cfg: Optional[dict], where: str) -> dict:
@@ -158,10 +184,46 @@ def check_data_config(cfg: Optional[dict], where: str) -> dict:
         return {}
     if not isinstance(cfg, dict):
         raise ZooError(f"{where} must be a mapping of preprocessing settings, not {type(cfg).__name__}")
-    unknown = sorted(set(cfg) - DATA_CONFIG_KEYS)
+    unknown = sorted(map(str, set(cfg) - DATA_CONFIG_KEYS))
     if unknown:
-        raise ZooError(f"{where} has unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(DATA_CONFIG_KEYS))}")
+        raise ZooError(f"{where} has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(DATA_CONFIG_KEYS))}")
+    for key, value in cfg.items():
+        ok, wanted = DATA_CONFIG_VALUES[key]
+        if not ok(value):
+            raise ZooError(f"{where}: {key} {json.dumps(value, default=str)[:60]} is not {wanted}")
     return dict(cfg)
+
+
+# architecture arguments a model_kwargs (from the command line, a weights sidecar, an index's or a
+# checkpoint's recipe) may pass to timm.create_model; anything else (checkpoint_path,
+# pretrained_cfg, cache_dir... which make timm read or write a file) is refused
+MODEL_KWARGS_KEYS = {"pad_type", "global_pool", "gem_p", "drop_rate", "drop_path_rate", "drop_block_rate",
+                     "img_size", "output_stride", "dynamic_img_size"}
+
+
+def check_model_kwargs(model_name: str, *parts: Optional[dict]) -> dict:
+    """The ``parts`` merged (later ones win) if each is a mapping of allowed keys to plain values."""
+    for part in parts:
+        if part is not None and not isinstance(part, dict):
+            raise ZooError(f"model_kwargs must be a mapping of timm arguments, not {type(part).__name__}")
+    kwargs = {k: v for part in parts if part for k, v in part.items()}
+    unknown = sorted(map(str, set(kwargs) - MODEL_KWARGS_KEYS))
+    if unknown:
+        raise ZooError(f"cannot build {model_name} with model_kwargs key(s) {', '.join(unknown)}; "
+                       f"allowed: {', '.join(sorted(MODEL_KWARGS_KEYS))}")
+    for key, value in kwargs.items():
+        plain = value is None or isinstance(value, (bool, int, float, str))
+        if not plain and not (isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value)):
+            raise ZooError(f"cannot build {model_name} with model_kwargs {key}: a number, a string or a list of integers "
+                           f"is expected, not {type(value).__name__}")
+    if not _number(1e-3, 1e3)(kwargs.get("gem_p", 3.0)):
+        raise ZooError(f"cannot build {model_name} with model_kwargs gem_p {kwargs['gem_p']!r:.40}: "
+                       "a number from 0.001 to 1000 is expected")
+    size = kwargs.get("img_size", 1)
+    if not (_SIDE[0](size) or (isinstance(size, (list, tuple)) and len(size) == 2 and all(map(_SIDE[0], size)))):
+        raise ZooError(f"cannot build {model_name} with model_kwargs img_size {size!r:.40}: "
+                       f"{_SIDE[1]}, or two of them")
+    return kwargs
 
 
 def _sidecar(weights: Optional[str]) -> dict:
@@ -174,7 +236,7 @@ def _sidecar(weights: Optional[str]) -> dict:
         return {}
     try:
         data = json.loads(side.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ZooError(f"{side} is not valid JSON ({' '.join(str(e).split())[:100]})") from None
     if not isinstance(data, dict):
         raise ZooError(f"{side} must hold a JSON object with model_kwargs and/or pretrained_cfg_overlay")
@@ -221,9 +283,7 @@ def timm_backbone(
     (or uses the local cache); else random init, seeded so that it is reproducible.
     """
     side = _sidecar(weights)
-    if model_kwargs is not None and not isinstance(model_kwargs, dict):
-        raise ZooError(f"model_kwargs must be a mapping of timm arguments, not {type(model_kwargs).__name__}")
-    kwargs = {**side.get("model_kwargs", {}), **(model_kwargs or {})}
+    kwargs = check_model_kwargs(model_name, side.get("model_kwargs"), model_kwargs)
     overlay = {**side.get("pretrained_cfg_overlay", {}), **check_data_config(data_config, "data_config")}
     for key in ("input_size", "mean", "std"):
         if key in overlay:

@@ -21,6 +21,12 @@ needs_shared = pytest.mark.skipif(not (SHARED / "data" / "food7").is_dir(), reas
 TINY = ["--model.pretrained", "false", "--model.data_config", "{image_size: 64}", "--num_workers", "0"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_state(tmp_path_factory):
+    """zoo's per-user state (the key that signs quarantine manifests) in a folder of the test run."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+
+
 @pytest.fixture
 def shapes_dir(tmp_path) -> Path:
     return make_shapes(tmp_path / "shapes", per_class=4, seed=0, shapes=("circle", "square", "triangle"))

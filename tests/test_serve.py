@@ -171,7 +171,7 @@ def test_unknown_item_is_404(client, service):
     for url in (f"/api/items/{n}", f"/api/items/{n}/similar", f"/api/items/{n}/thumbnail", "/api/items/99999/thumbnail"):
         r = client.get(url)
         assert r.status_code == 404, url
-        assert f"no item {url.split('/')[3]} in the index" in r.json()["error"]
+        assert f"no item with id {url.split('/')[3]} in this index" in r.json()["error"]
     assert client.get("/api/items/-1").status_code == 422
     assert client.get("/api/items/abc/thumbnail").status_code == 422
 

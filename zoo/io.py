@@ -1,11 +1,16 @@
-"""Atomic file writes, the no-overwrite rule, and where files can be written."""
+"""Atomic file writes, the no-overwrite rule, where files can be written, locks, and reading
+only regular files."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import stat
+import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator, Optional
 
 from zoo.errors import ZooError
 
@@ -82,3 +87,66 @@ def write_rows(path: str | Path, rows: list[dict]) -> None:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+
+
+def kind_of(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, word in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "named pipe"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISLNK, "link")):
+        if test(mode):
+            return word
+    return "special file"
+
+
+def open_regular(path: str | Path, dir_fd: Optional[int] = None, follow_links: bool = True) -> BinaryIO:
+    """Open a regular file for reading; a named pipe, a device or a folder raises ValueError at
+    once instead of blocking or reading for ever. ``dir_fd``: ``path`` is relative to this open
+    folder; ``follow_links=False``: a link is refused too (OSError)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    fd = os.open(path, flags, dir_fd=dir_fd)  # a pipe opens without waiting for a writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"not a regular file ({kind_of(mode)})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20, **how) -> str:
+    """The SHA-256 of a regular file's bytes (ValueError for anything else); ``how``: open_regular's."""
+    h = hashlib.sha256()
+    with open_regular(path, **how) as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, waiting: Optional[str] = None) -> Iterator[None]:
+    """Hold an exclusive flock(2) on the file ``path``, created if need be. The file is never
+    truncated, never opened through a link and must be a regular file, so a lock file planted as
+    a link to a user's file is refused and its target left alone. Another holder makes this one
+    wait; ``waiting`` is then printed on stderr first."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise ZooError(f"{path} is a link; zoo takes its lock only on a file of its own (remove the link)") from None
+        raise ZooError(f"cannot lock {path} ({e.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ZooError(f"{path} is not a regular file ({kind_of(mode)}); zoo takes its lock only on a file of its own")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock

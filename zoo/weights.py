@@ -1,17 +1,7 @@
-"""Weights identity helpers: file hashes and loud warnings."""
+"""Weights identity helpers: loud warnings (file hashes: zoo.io.sha256_file)."""
 from __future__ import annotations
 
-import hashlib
 import sys
-from pathlib import Path
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def warn_loudly(message: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from lightning.pytorch.cli import LightningArgumentParser
 
 FULL_HELP = {"on": False}  # set by `--help-all`
+DESCRIPTION = ("zoo: image similarity and retrieval: embed, index, search, compare, find duplicates, "
+               "train and benchmark timm backbones")  # `zoo --help`, above the list of commands
 
 COMMON_MODEL = ["model.backbone", "model.head", "model.pretrained", "model.weights", "model.data_config"]
 COMMON_TRAINING = [

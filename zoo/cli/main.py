@@ -412,6 +412,8 @@ class ZooTrainer(L.Trainer):
         duplicates: Optional[str] = None,
         max_upload_mb: float = 20.0,
         threads: int = 1,
+        allowed_hosts: Optional[list[str]] = None,
+        max_pixels: int = 40_000_000,
         datamodule: Any = None,
     ) -> None:
         """Serve searches over HTTP: a JSON API (docs at /docs) and a web page; the index's model loads once.
@@ -424,11 +426,14 @@ class ZooTrainer(L.Trainer):
             duplicates: a `zoo duplicates` result (DIR or DIR/groups.json) to browse.
             max_upload_mb: largest image upload accepted, in MiB.
             threads: CPU threads of a forward pass (requests take turns on the one model).
+            allowed_hosts: more names the server may be reached by (the Host header), e.g. [photos.lan];
+                without them only its own addresses and, on loopback, localhost are answered.
+            max_pixels: largest image an upload may decode to (a JPEG after its draft reduction); larger ones get 413.
         """
         from zoo.serve.app import run_server
 
         run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb,
-                   threads=threads)
+                   threads=threads, allowed_hosts=allowed_hosts or (), max_pixels=max_pixels)
 
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False, datamodule: Any = None) -> None:
         """List registered backbones and heads (wildcards allowed, e.g. 'res*') and which weights are offline.
@@ -454,6 +459,18 @@ class FitConfigSaver(SaveConfigCallback):
 
 
 TRAINING_COMMANDS = {"fit", "validate", "test"}
+LOG_DIR = "runs"  # where fit/validate/test log (and checkpoint) unless --trainer.default_root_dir says otherwise
+
+
+def logs_follow_root_dir(trainer) -> None:
+    """A logger whose save_dir was left at LOG_DIR writes under --trainer.default_root_dir when it
+    is given (CSVLogger by default, WandbLogger with --wandb); checkpoints follow the logger."""
+    if trainer.default_root_dir is None:
+        return
+    for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is not None and init_args.get("save_dir") == LOG_DIR:
+            init_args.save_dir = str(trainer.default_root_dir)
 
 
 class ZooCLI(LightningCLI):
@@ -470,13 +487,14 @@ class ZooCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         if "weights_only" in cfg and cfg.weights_only is None:  # fit/validate/test --ckpt_path: never unpickled
             cfg.weights_only = True
-        if self.subcommand not in TRAINING_COMMANDS:  # no runs/lightning_logs for index, search, ...
-            trainer = self.config[self.subcommand].trainer
-            trainer.logger = False
-            if trainer.precision is None:  # inference on a GPU: bf16 autocast unless asked otherwise
+        if self.subcommand in TRAINING_COMMANDS:
+            logs_follow_root_dir(cfg.trainer)
+        else:  # no runs/lightning_logs for index, search, ...
+            cfg.trainer.logger = False
+            if cfg.trainer.precision is None:  # inference on a GPU: bf16 autocast unless asked otherwise
                 from zoo.embed.runner import inference_precision
 
-                trainer.precision = inference_precision(trainer.accelerator)
+                cfg.trainer.precision = inference_precision(cfg.trainer.accelerator)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -511,7 +529,7 @@ class ZooCLI(LightningCLI):
         parser.set_defaults({
             "trainer.max_epochs": 10,
             "trainer.num_sanity_val_steps": -1,  # validate the starting model in full (zoo.start_validation)
-            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": LOG_DIR}},
             "trainer.callbacks": [
                 # the best epoch by validation mAP ...
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -556,8 +574,7 @@ def expand_fit_wandb(argv: list[str]) -> list[str]:
         i = rest.index("--wandb_project")
         project = rest[i + 1]
         del rest[i : i + 2]
-    save_dir = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--trainer.default_root_dir"), "runs")
-    return ["fit", *wandb_logger_args(save_dir, project), *rest]
+    return ["fit", *wandb_logger_args(LOG_DIR, project), *rest]  # under --trainer.default_root_dir if given
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
@@ -605,7 +622,7 @@ def quiet_lightning() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = expand_fit_wandb(normalise_argv(list(sys.argv[1:] if argv is None else argv)))
-    from zoo.cli.help import FULL_HELP, ZooArgumentParser
+    from zoo.cli.help import DESCRIPTION, FULL_HELP, ZooArgumentParser
 
     FULL_HELP["on"] = "--help_all" in argv
     argv = ["--help" if a == "--help_all" else a for a in argv]
@@ -628,7 +645,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             auto_configure_optimizers=False,
-            parser_kwargs={"exit_on_error": False, **{c: {"exit_on_error": False} for c in ZooCLI.subcommands()}},
+            parser_kwargs={"description": DESCRIPTION, "exit_on_error": False,
+                           **{c: {"exit_on_error": False} for c in ZooCLI.subcommands()}},
         )
     except ZooError as e:
         print(f"zoo: error: {e}", file=sys.stderr)

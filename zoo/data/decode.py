@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from zoo.io import open_regular
+
 DECODE_MODES = ("auto", "cpu", "device")
 
 
@@ -133,5 +135,7 @@ class DevicePreprocess:
 
 
 def read_bytes(path: str) -> np.ndarray:
-    """A file's bytes as a (writable) uint8 array, which torch takes without a copy."""
-    return np.fromfile(path, dtype=np.uint8)
+    """A regular file's bytes as a (writable) uint8 array, which torch takes without a copy
+    (ValueError for a pipe or a device)."""
+    with open_regular(path) as f:
+        return np.fromfile(f, dtype=np.uint8)

@@ -7,6 +7,7 @@ the reason along, so callers report each skipped file once.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import Dataset
 
 from zoo.errors import ZooError
+from zoo.io import kind_of, open_regular
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is reported, not padded with grey
 
@@ -35,19 +37,24 @@ class Record:
 def scan_folder(root: str | Path, recursive: bool = True, exclude: Optional[Path] = None) -> list[Record]:
     """Every regular, non-hidden file below ``root``, sorted; label = parent folder name.
 
-    Symbolic links to folders are followed, but each real folder is visited once (a link
-    loop ends there). Paths stay under ``root`` as written (not resolved through links).
-    File names that are not valid UTF-8 are reported and left out. ``exclude``: a folder
-    below ``root`` to leave out (e.g. an index written inside the image folder).
+    Only regular files inside the folder are listed: named pipes, devices, sockets, broken
+    links and links (to files or folders) that resolve outside ``root`` are reported on stderr
+    and left out, so no reader blocks on a pipe or reads outside the folder. Symbolic links to
+    folders inside are followed, but each real folder is visited once (a link loop ends there).
+    Paths stay under ``root`` as written (not resolved through links). File names that are not
+    valid UTF-8 are reported and left out. ``exclude``: a folder below ``root`` to leave out
+    (e.g. an index written inside the image folder).
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.exists():
         raise ZooError(f"no such folder: {root}")
-    if root.is_file():
-        return [Record(str(root.resolve()))]
+    if not root.is_dir():
+        return [regular_record(root)]
+    real_root = os.path.realpath(root)
     skip = os.path.realpath(exclude) if exclude is not None else None
     seen_dirs: set[tuple[int, int]] = set()
     bad_names: list[str] = []
+    unusable: list[tuple[str, str]] = []
     records = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
@@ -55,21 +62,53 @@ def scan_folder(root: str | Path, recursive: bool = True, exclude: Optional[Path
             dirnames[:] = []  # a folder seen before (through a link), or the excluded one
             continue
         seen_dirs.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _utf8(d, dirpath, bad_names))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and _utf8(d, dirpath, bad_names)
+                             and _inside(os.path.join(dirpath, d), real_root, unusable, "a link to a folder outside"))
         if not recursive:
             dirnames[:] = []
         here = Path(dirpath)
         label = None if here == root else here.name
         for name in sorted(filenames):
-            if not name.startswith(".") and _utf8(name, dirpath, bad_names):
-                records.append(Record(str(here / name), label))
+            if name.startswith(".") or not _utf8(name, dirpath, bad_names):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as e:  # a broken link, or gone
+                unusable.append((path, f"cannot read: {e.strerror}"))
+                continue
+            if not stat.S_ISREG(mode):
+                unusable.append((path, kind_of(mode)))
+            elif not os.path.islink(path) or _inside(path, real_root, unusable, "a link to a file outside"):
+                records.append(Record(path, label))
     if bad_names:
         print(f"zoo: skipped {len(bad_names)} file(s) whose names are not valid UTF-8:", file=sys.stderr)
         for n in bad_names:
             print(f"  {n}", file=sys.stderr)
+    if unusable:
+        print(f"zoo: skipped {len(unusable)} entr{'y' if len(unusable) == 1 else 'ies'} that are not regular files "
+              f"inside {root}:", file=sys.stderr)
+        for path, reason in unusable:
+            print(f"  {path} ({reason})", file=sys.stderr)
     if not records:
         raise ZooError(f"no files in {root}")
     return records
+
+
+def _inside(path: str, real_root: str, unusable: list[tuple[str, str]], reason: str) -> bool:
+    """``path`` resolves inside ``real_root``; else it is noted in ``unusable``."""
+    if os.path.commonpath([os.path.realpath(path), real_root]) == real_root:
+        return True
+    unusable.append((path, f"{reason} the folder"))
+    return False
+
+
+def regular_record(path: Path) -> Record:
+    """A file named on its own: it must be a regular file (a pipe or a device is never read)."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ZooError(f"{path} is not a regular file ({kind_of(mode)}); zoo reads only regular files")
+    return Record(str(path.resolve()))
 
 
 def _utf8(name: str, folder: str, bad: list[str]) -> bool:
@@ -95,29 +134,33 @@ def records_from(inputs: Sequence[str | Path]) -> list[Record]:
         if p.is_dir():
             records += scan_folder(p)
         elif p.exists():
-            records.append(Record(str(p.resolve())))
+            records.append(regular_record(p))
         else:
             raise ZooError(f"no such file or folder: {item}")
     return records
 
 
-def load_image(path: str | Path | bytes, draft_size: Optional[int] = None) -> Image.Image:
+def load_image(path: str | Path | bytes, draft_size: Optional[int] = None, max_pixels: Optional[int] = None) -> Image.Image:
     """Decode any image Pillow knows (a file, or its bytes) into 8-bit RGB, upright.
-    Raises ValueError(reason)."""
+    ``max_pixels``: refuse, from the header and before decoding, an image that would decode to
+    more pixels (after a JPEG's draft reduction). Raises ValueError(reason)."""
     import io
 
-    path = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
     try:
-        if (path.getbuffer().nbytes if isinstance(path, io.BytesIO) else path.stat().st_size) == 0:
-            raise ValueError("empty file")
-        # Pillow's decompression-bomb guard stays on; its warning (over MAX_IMAGE_PIXELS) skips too
-        with warnings.catch_warnings():
+        # a named pipe or a device is refused here, before anything waits on it
+        with (io.BytesIO(path) if isinstance(path, bytes) else open_regular(path)) as f, warnings.catch_warnings():
+            if not f.read(1):
+                raise ValueError("empty file")
+            f.seek(0)
+            # Pillow's decompression-bomb guard stays on; its warning (over MAX_IMAGE_PIXELS) skips too
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(f) as im:
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))  # decode big JPEGs at reduced size
+                if max_pixels and im.width * im.height > max_pixels:
+                    raise ValueError(f"too large ({im.width} x {im.height} pixels; the limit is {max_pixels:,})")
                 im.load()
-                im = ImageOps.exif_transpose(im)
+                ImageOps.exif_transpose(im, in_place=True)  # no copy: to_rgb makes the one returned
                 return to_rgb(im)
     except ValueError:
         raise
@@ -179,6 +222,8 @@ class ImageDataset(Dataset):
                 data = read_bytes(r.path)
             except OSError as e:
                 return {"index": i, "error": f"cannot read ({e.strerror})"}
+            except ValueError as e:  # a pipe or a device swapped in since the listing
+                return {"index": i, "error": str(e)}
             if device_decodable(memoryview(data)):
                 return {"index": i, "jpeg": data}
         try:

@@ -16,9 +16,7 @@ File format (JSON)::
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import random
@@ -30,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 from zoo.errors import ZooError
-from zoo.io import refuse_overwrite, write_json
+from zoo.io import file_lock, open_regular, refuse_overwrite, write_json
 from zoo.metrics.pairs import pair_scores, pr_curve, threshold_for_precision
 
 DEFAULT_FILE = "zoo-calibration.json"
@@ -41,46 +39,40 @@ def model_key(architecture: str, weights: str) -> str:
 
 
 def read_calibration(path: str | Path) -> dict:
+    """The calibration file at ``path`` (empty if there is none); every model entry is an object."""
     path = Path(path)
     if not path.exists():
         return {"version": 1, "models": {}}
     try:
-        data = json.loads(path.read_text())
+        with open_regular(path) as f:
+            data = json.loads(f.read())
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
             raise ValueError("no 'models' object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ZooError(f"{path} is not a zoo calibration file ({e})") from None
+        bad = next((k for k, v in data["models"].items() if not isinstance(v, dict)), None)
+        if bad is not None:
+            raise ValueError(f"the entry of {bad[:80]!r} is not an object")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ZooError(f"{path} is not a zoo calibration file ({str(e)[:200]})") from None
     return data
 
 
 def lookup_threshold(path: str | Path, architecture: str, weights: str) -> float:
     """The calibrated threshold of this model, or a ZooError telling how to make one."""
     key = model_key(architecture, weights)
-    entry = read_calibration(path)["models"].get(key) if Path(path).exists() else None
-    if entry is None or not isinstance(entry.get("threshold"), (int, float)):
+    threshold = read_calibration(path)["models"].get(key, {}).get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         where = f"in {path}" if Path(path).exists() else f"({path} does not exist)"
         raise ZooError(f"--threshold auto: no calibration for {architecture} (weights: {weights}) {where}; "
                        f"run `zoo calibrate --images DIR` with the same model first (or pass --calibration FILE)")
-    return float(entry["threshold"])
-
-
-@contextlib.contextmanager
-def locked(path: Path):
-    """An exclusive lock beside ``path`` while its entries are merged."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return float(threshold)
 
 
 def save_entry(path: str | Path, key: str, entry: dict, overwrite: bool) -> None:
     """Merge one model's entry into the file atomically; another model's entries are kept,
     this model's is replaced only with ``overwrite``."""
     path = Path(path)
-    with locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_name(f".{path.name}.lock")):  # one merge at a time
         data = read_calibration(path)
         if key in data["models"] and not overwrite:
             raise ZooError(f"{path} already holds a calibration for {key}; pass --overwrite to replace it")
@@ -120,19 +112,15 @@ def pr_plot(curve: dict, chosen: dict, target: float, path: Path, title: str) ->
 def synthetic_copies(records, edits: Any, copies: int, seed: int, folder: Path) -> tuple[list, list[int]]:
     """``copies`` seeded edited copies of each record, saved as PNG under ``folder``:
     (copy records, group = index of the original)."""
-    from PIL import Image
-
     from zoo.data.augment import make_copy
-    from zoo.data.images import Record
+    from zoo.data.images import Record, load_image
 
     out, groups = [], []
     for i, r in enumerate(records):
         try:
-            with Image.open(r.path) as im:
-                im.draft("RGB", (1024, 1024))  # big JPEGs decode at a reduced size
-                image = im.convert("RGB")
-        except Exception as e:  # undecodable: the model run reports and skips it too
-            print(f"zoo: warning: cannot read {r.path} ({type(e).__name__}); no copy of it", file=sys.stderr)
+            image = load_image(r.path, draft_size=1024)  # big JPEGs decode at a reduced size
+        except (ValueError, OSError) as e:  # unusable: the model run reports and skips it too
+            print(f"zoo: warning: cannot read {r.path} ({e}); no copy of it", file=sys.stderr)
             continue
         for c in range(copies):
             copy = make_copy(image, edits, seed=seed * 1_000_003 + i * 101 + c)

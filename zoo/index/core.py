@@ -36,11 +36,13 @@ from zoo.index import folder as indexdir
 from zoo.data.images import Record, records_from, scan_folder
 from zoo.errors import ZooError
 from zoo.model.identity import model_identity
-from zoo.index.vectors import all_vectors, vectors_by_id
-from zoo.index.store import ItemStore, file_state
+from zoo.index.vectors import all_vectors, stored_ids, vectors_by_id
+from zoo.index.store import ItemStore, file_state, resolve_item_path
 
 META_KEYS = ("model", "factory", "root", "count", "dim")
 MODEL_KEYS = ("architecture", "dim", "weights", "hparams", "recipe")
+SEARCH_PARAMS = ("nprobe", "efSearch")  # the search settings meta.json may hold
+MAX_SEARCH = 1 << 20
 
 
 @dataclass
@@ -114,6 +116,28 @@ def new_faiss_index(dim: int, factory: str) -> faiss.Index:
     ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
     return index
 
+
+
+def check_meta(meta: Any, path: Path) -> None:
+    """meta.json as ``_load_version`` uses it: the keys it needs, an absolute root, and search
+    settings that are integers (anything else is a damaged or edited file)."""
+    def damaged(why: str) -> ZooError:
+        return ZooError(f"{path}: meta.json is damaged ({why}); rebuild the index")
+
+    if not isinstance(meta, dict) or any(k not in meta for k in META_KEYS):
+        raise damaged(f"missing {', '.join(k for k in META_KEYS if not isinstance(meta, dict) or k not in meta)}")
+    if not isinstance(meta["model"], dict) or any(k not in meta["model"] for k in MODEL_KEYS):
+        raise damaged("missing model fields")
+    root = meta["root"]
+    if not isinstance(root, str) or not os.path.isabs(root) or "\0" in root:
+        raise damaged(f"root must be an absolute folder path, not {json.dumps(root)[:60]}")
+    search = meta.get("search", {})
+    if not isinstance(search, dict):
+        raise damaged("search settings must be a mapping")
+    for name, value in search.items():
+        if name not in SEARCH_PARAMS or isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEARCH:
+            raise damaged(f"search setting {name} {json.dumps(value)[:40]}: "
+                          f"{' and '.join(SEARCH_PARAMS)} take an integer from 1 to {MAX_SEARCH}")
 
 
 def set_search_params(index: faiss.Index, params: dict[str, int]) -> None:
@@ -231,7 +255,7 @@ class ZooIndex:
     def _rebuild_without(self, gone: np.ndarray) -> None:
         """Re-add the vectors that stay to an empty copy of the trained index (no retraining);
         internal positions stay 0..N-1 in id-map order, so row i of the storage is id_map[i]."""
-        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        ids = stored_ids(self.index)
         keep = ~np.isin(ids, gone)
         inner = faiss.downcast_index(self.index.index)
         vectors = inner.reconstruct_n(0, inner.ntotal)[keep] if len(ids) else np.zeros((0, self.dim), np.float32)
@@ -262,6 +286,25 @@ class ZooIndex:
         if row is None:
             raise ZooError(f"no item with id {id} in this index")
         return self._item(row)
+
+    def item_file(self, id: int) -> Path:
+        """The file of item ``id``, links resolved; a ZooError unless it is a regular file inside
+        the index's root (zoo.store.resolve_item_path): what a server or report may open."""
+        row = self.store.get([id]).get(int(id))
+        if row is None:
+            raise ZooError(f"no item with id {id} in this index")
+        return resolve_item_path(self.root, row["path"])
+
+    def ids_of(self, paths: Sequence[str]) -> dict[str, int]:
+        """Absolute path -> id of the indexed file (not a video frame) at each of ``paths`` that
+        the index holds; one query whatever their number."""
+        rel = {}
+        for p in paths:
+            try:
+                rel[self.relative(os.path.normpath(p))] = p
+            except ZooError:  # outside the root: not in this index
+                pass
+        return {rel[r]: i for r, i in self.store.ids_of(list(rel)).items()}
 
     @property
     def items(self) -> list[dict]:
@@ -330,8 +373,9 @@ class ZooIndex:
             try:
                 model = ZooModel(**hp)
                 model.configure_model(load_weights=own is None, recipe=m["recipe"])
-            except (TypeError, ValueError, KeyError) as e:
-                raise ZooError(f"{self.folder}: the recorded model cannot be built ({e})") from None
+            except Exception as e:  # meta.json is hostile: whatever it holds, one line
+                reason = " ".join(str(e).split())[:600] or type(e).__name__
+                raise ZooError(f"{self.folder}: the recorded model cannot be built ({reason})") from None
             if own is not None:
                 from safetensors.torch import load_file
 
@@ -452,11 +496,9 @@ class ZooIndex:
                 raise FileNotFoundError(folder / name)
         try:
             meta = json.loads((folder / "meta.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
             raise ZooError(f"{path}: meta.json is damaged ({' '.join(str(e).split())[:100]}); rebuild the index") from None
-        if not isinstance(meta, dict) or any(k not in meta for k in META_KEYS) or not isinstance(meta["model"], dict) \
-                or any(k not in meta["model"] for k in MODEL_KEYS):
-            raise ZooError(f"{path}: meta.json is damaged (missing {', '.join(k for k in META_KEYS if not isinstance(meta, dict) or k not in meta) or 'model fields'}); rebuild the index")
+        check_meta(meta, path)
         try:
             index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         except RuntimeError as e:
@@ -465,9 +507,12 @@ class ZooIndex:
             raise ZooError(f"{path}: index.faiss is not a zoo index (no item ids); rebuild the index")
         store = ItemStore(folder / "items.sqlite", readonly=True)
         if index.ntotal != len(store) or index.d != meta["model"]["dim"]:
-            raise ZooError(f"{path} is inconsistent: {index.ntotal} vectors of dim {index.d} but {len(store)} items of dim {meta['model']['dim']}")
-        if isinstance(meta.get("search"), dict):
-            set_search_params(index, meta["search"])
+            raise ZooError(f"{path} is inconsistent: index.faiss holds {index.ntotal} vectors of dim {index.d}, items.sqlite "
+                           f"{len(store)} items, meta.json says dim {json.dumps(meta['model']['dim'])[:20]}; rebuild the index")
+        # the same ids on both sides (a swapped or edited file would give other items, or none)
+        if not np.array_equal(np.sort(stored_ids(index)), store.ids()):
+            raise ZooError(f"{path} is inconsistent: the ids in index.faiss are not the ids of items.sqlite; rebuild the index")
+        set_search_params(index, meta.get("search", {}))
         return cls(index, meta, store, Path(meta["root"]), folder)
 
     def writable_copy(self) -> "ZooIndex":
@@ -578,7 +623,7 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
     from zoo.embed.runner import report_skipped
     from zoo.index.shards import ShardJob, embed_to_shards, is_primary_process, job_key
 
-    job = ShardJob(out, job_key(model_identity(model), records), len(records))
+    job = ShardJob(out, job_key(model_identity(model), records), len(records), model.embedding_dim)
     primary = is_primary_process()
     if primary:
         job.prepare()

@@ -3,7 +3,7 @@
     my.index/
       ZOO_INDEX.json     {"kind": "zoo-index", "format": 2, "current": "v-000002"}
       v-000002/          index.faiss, items.sqlite, meta.json[, model.safetensors]
-      .lock              held while a process writes (filelock)
+      .lock              held while a process writes (zoo.io.file_lock)
       .embed-<key>/      embeddings of a run in progress, or of one that stopped (zoo.shards)
 
 A new version is written to a temporary folder, fsynced and renamed to ``v-N``; then
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from zoo.errors import ZooError
-from zoo.io import check_writable_dir, fsync_dir
+from zoo.io import check_writable_dir, file_lock, fsync_dir
 
 MARKER = "ZOO_INDEX.json"
 LOCK = ".lock"
@@ -44,7 +44,7 @@ def read_marker(path: Path) -> dict:
         raise ZooError(f"{path} is not a zoo index (expected a folder made by `zoo index`)")
     try:
         m = json.loads(marker.read_text())
-    except (ValueError, UnicodeDecodeError, OSError) as e:
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
         raise ZooError(f"{marker} is damaged ({' '.join(str(e).split())[:100]}); rebuild the index") from None
     if not isinstance(m, dict) or m.get("kind") != "zoo-index" or not _VERSION.match(str(m.get("current", ""))):
         raise ZooError(f"{marker} is damaged (not a zoo index marker); rebuild the index")
@@ -90,23 +90,13 @@ def check_target(out: Path, overwrite: bool, update: bool, sources: tuple[Path, 
 
 
 @contextmanager
-def locked(out: Path, what: str = "write") -> Iterator[None]:
+def locked(out: Path) -> Iterator[None]:
     """Hold ``out/.lock``; another process that holds it makes this one wait, and says so."""
-    from filelock import FileLock, Timeout
-
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(out / LOCK))
     try:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            print(f"zoo: {out} is being written by another zoo process; waiting for it to finish", file=sys.stderr, flush=True)
-            lock.acquire()
-        try:
+        with file_lock(out / LOCK, waiting=f"zoo: {out} is being written by another zoo process; waiting for it to finish"):
             yield
-        finally:
-            lock.release()
     finally:
         if created and not (out / MARKER).exists():
             if any(WORK.match(e.name) and any(e.glob("*.index.npy")) for e in out.iterdir()):

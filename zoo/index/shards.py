@@ -57,8 +57,8 @@ def is_primary_process() -> bool:
 class ShardJob:
     """The shards of one embedding job in ``out/.embed-<key>``."""
 
-    def __init__(self, out: Path, key: str, n_records: int):
-        self.out, self.key, self.n = Path(out), key, n_records
+    def __init__(self, out: Path, key: str, n_records: int, dim: int):
+        self.out, self.key, self.n, self.dim = Path(out), key, n_records, dim  # dim: of the model's embeddings
         self.folder = self.out / f"{PREFIX}{key}"
 
     # ---- the job's folder -----------------------------------------------------------------
@@ -125,7 +125,7 @@ class ShardJob:
             try:
                 rows = json.loads((self.folder / f"{s}.skipped.json").read_text())
                 pairs = [(int(pos), str(reason)) for pos, reason in rows]
-            except (ValueError, TypeError, OSError, UnicodeDecodeError):
+            except (ValueError, TypeError, OverflowError, OSError, UnicodeDecodeError, RecursionError):
                 raise self._damaged(f"{s}.skipped.json", "not a list of [position, reason]") from None
             for pos, reason in pairs:
                 if not 0 <= pos < self.n:
@@ -159,6 +159,8 @@ class ShardJob:
         for s, v, p in zip(stems, vectors, pos):
             if len(p) and (v.ndim != 2 or len(v) != len(p)):
                 raise self._damaged(f"{s}.vectors.npy", f"{len(v)} rows for {len(p)} positions")
+            if len(p) and v.shape[1] != self.dim:
+                raise self._damaged(f"{s}.vectors.npy", f"vectors of dim {v.shape[1]}, not {self.dim}")
         if not pos:
             return vectors, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
         all_pos = np.concatenate(pos)
@@ -172,23 +174,27 @@ class ShardJob:
 
     def gather(self, which: np.ndarray) -> np.ndarray:
         """Rows ``which`` (indices into the record-ordered embedded rows) as one float32 array."""
-        vectors, _, shard, row = self._layout()
-        return self._take(vectors, shard[which], row[which])
+        _, _, shard, row = self._layout()
+        return self._take(shard[which], row[which])
 
-    @staticmethod
-    def _take(vectors: list[np.ndarray], shard: np.ndarray, row: np.ndarray) -> np.ndarray:
-        dim = next((v.shape[1] for v in vectors if len(v)), 0)
-        out = np.empty((len(shard), dim), dtype=np.float32)
+    def _take(self, shard: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """Rows ``row`` of shards ``shard`` as one float32 array; a shard of NaN or infinite
+        values is damaged (they would make every search of the index meaningless)."""
+        stems, (vectors, *_) = self._read  # what the caller's _layout() read
+        out = np.empty((len(shard), self.dim), dtype=np.float32)
         for s in np.unique(shard):
             sel = shard == s
-            out[sel] = vectors[s][row[sel]]
+            part = vectors[s][row[sel]].astype(np.float32, copy=False)
+            if not np.isfinite(part).all():
+                raise self._damaged(f"{stems[s]}.vectors.npy", "non-finite values")
+            out[sel] = part
         return out
 
     def ordered(self, chunk: int = 16384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(positions, vectors) of every embedded record in record order, ``chunk`` rows at a time."""
-        vectors, order, shard, row = self._layout()
+        _, order, shard, row = self._layout()
         for s in range(0, len(order), chunk):
-            yield order[s : s + chunk], self._take(vectors, shard[s : s + chunk], row[s : s + chunk])
+            yield order[s : s + chunk], self._take(shard[s : s + chunk], row[s : s + chunk])
 
 
 class ShardWriter(BasePredictionWriter):

@@ -4,13 +4,20 @@ A row holds the FAISS id, the file's path relative to the indexed root, its labe
 number and time of a video frame, and the size and modification time that ``--update`` uses
 to see what changed. Files that could not be decoded are kept too (``skipped``), with their
 size and time, so an unchanged bad file is not read and reported again on every update.
+
+An item table may have been edited by anyone who could write the index folder: every row read
+is checked (item_row), and a file is opened only through resolve_item_path, which keeps it
+inside the index's root.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
 
 from zoo.errors import ZooError
 
@@ -33,6 +40,35 @@ CREATE TABLE IF NOT EXISTS skipped (
 );
 """
 COLUMNS = ("id", "path", "label", "frame", "time", "size", "mtime_ns")
+TYPES = {"path": (str,), "label": (str, type(None)), "frame": (int, type(None)), "time": (int, float, type(None)),
+         "size": (int, type(None)), "mtime_ns": (int, type(None))}
+
+
+def item_row(values: Sequence, where: object = "items.sqlite") -> dict:
+    """One row of ``items`` as a dict, or a ZooError if a value has a type zoo never writes
+    (a BLOB path or label). Where its path leads is checked when the file is opened."""
+    row = dict(zip(COLUMNS, values))
+    for name, types in TYPES.items():
+        if not isinstance(row[name], types) or isinstance(row[name], bool):
+            raise ZooError(f"{where}: item {row['id']} is damaged (its {name} is {type(row[name]).__name__}, "
+                           f"not {' or '.join(t.__name__ for t in types if t is not type(None))}); rebuild the index")
+    return row
+
+
+def resolve_item_path(root: str | Path, stored: str) -> Path:
+    """The file an item names, ``stored`` relative to ``root``, with links resolved; a ZooError
+    unless it lies inside ``root`` (itself resolved) and is a regular file. The one way zoo
+    opens an indexed file by what an index says."""
+    real_root = Path(os.path.realpath(root))
+    try:
+        real = Path(os.path.realpath(real_root / stored))
+    except (TypeError, ValueError):  # not text, or a NUL byte
+        raise ZooError(f"{stored!r} is not a file name") from None
+    if real_root not in real.parents:
+        raise ZooError(f"{stored!r} leads outside the index's root {root}")
+    if not real.is_file():
+        raise ZooError(f"{stored!r} is not a regular file (any more)" if real.exists() else f"{real} does not exist (any more)")
+    return real
 
 
 class ItemStore:
@@ -40,6 +76,7 @@ class ItemStore:
 
     def __init__(self, path: Optional[str | Path] = None, readonly: bool = False):
         self.path = None if path is None else Path(path)
+        self.where = self.path or "the item table"
         try:
             if self.path is None:
                 self.db = sqlite3.connect(":memory:", check_same_thread=False)
@@ -101,7 +138,7 @@ class ItemStore:
             part = ids[start : start + 500]
             q = f"SELECT * FROM items WHERE id IN ({','.join('?' * len(part))})"
             for row in self.db.execute(q, part):
-                out[row[0]] = dict(zip(COLUMNS, row))
+                out[row[0]] = item_row(row, self.where)
         return out
 
     def rows(self, batch: int = 10_000) -> Iterator[dict]:
@@ -112,12 +149,30 @@ class ItemStore:
             if not chunk:
                 return
             for row in chunk:
-                yield dict(zip(COLUMNS, row))
+                yield item_row(row, self.where)
             last = chunk[-1][0]
+
+    def ids_of(self, paths: Sequence[str]) -> dict[str, int]:
+        """Stored path -> id of the first item (not a video frame) at each of ``paths``, in one query."""
+        q = ("SELECT path, MIN(id) FROM items WHERE frame IS NULL AND path IN (SELECT value FROM json_each(?)) "
+             "GROUP BY path")
+        return {p: i for p, i in self.db.execute(q, (json.dumps(list(paths)),)) if isinstance(p, str)}
 
     def has_frames(self) -> bool:
         """True if any item is a video frame."""
         return self.db.execute("SELECT 1 FROM items WHERE frame IS NOT NULL LIMIT 1").fetchone() is not None
+
+    def ids(self) -> np.ndarray:
+        """Every item id in order (int64); read only when they are not simply MIN..MAX."""
+        n, lo, hi, other = self.db.execute(
+            "SELECT COUNT(*), MIN(id), MAX(id), COUNT(*) - COUNT(CASE WHEN typeof(id) = 'integer' THEN 1 END) FROM items").fetchone()
+        if other:
+            raise ZooError(f"{self.path}: not a readable zoo item table ({other} ids that are not integers)")
+        if not n:
+            return np.zeros(0, np.int64)
+        if hi - lo + 1 == n:
+            return np.arange(lo, hi + 1, dtype=np.int64)
+        return np.fromiter((r[0] for r in self.db.execute("SELECT id FROM items ORDER BY id")), np.int64, count=n)
 
     def max_id(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(id), -1) FROM items").fetchone()[0]

@@ -40,19 +40,27 @@ def index_vectors(index: faiss.Index, chunk: int = 65536) -> tuple[np.ndarray, b
     return out, lossy
 
 
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """The ids of every stored vector (int64; in storage order for an IndexIDMap2, by inverted
+    list for an inverted file), read without touching the vectors."""
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    lists = [faiss.rev_swig_ptr(ivf.invlists.get_ids(l), ivf.invlists.list_size(l)).copy()
+             for l in range(ivf.nlist) if ivf.invlists.list_size(l)]
+    return np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
+
+
 def stored_vectors(index: faiss.Index, chunk: int = 65536):
     """Yield (ids, vectors) of every stored vector, a chunk at a time (codes decoded: for SQ/PQ
     indexes the vectors are approximations)."""
     if isinstance(index, faiss.IndexIDMap2):
-        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        ids = stored_ids(index)
         inner = faiss.downcast_index(index.index)
         for s in range(0, len(ids), chunk):
             yield ids[s : s + chunk], inner.reconstruct_n(s, min(chunk, len(ids) - s))
         return
-    ivf = faiss.extract_index_ivf(index)
-    lists = [faiss.rev_swig_ptr(ivf.invlists.get_ids(l), ivf.invlists.list_size(l)).copy()
-             for l in range(ivf.nlist) if ivf.invlists.list_size(l)]
-    ids = np.sort(np.concatenate(lists)) if lists else np.zeros(0, np.int64)
+    ids = np.sort(stored_ids(index))
     for s in range(0, len(ids), chunk):
         part = ids[s : s + chunk]
         yield part, index.reconstruct_batch(part)
@@ -62,7 +70,7 @@ def all_vectors(index: faiss.Index, dim: int) -> tuple[np.ndarray, np.ndarray, b
     """Every stored vector: ids (N,), vectors (N, dim) float32, and whether they are lossy."""
     if isinstance(index, faiss.IndexIDMap2):
         vectors, lossy = index_vectors(faiss.downcast_index(index.index))
-        return faiss.vector_to_array(index.id_map).astype(np.int64), vectors, lossy
+        return stored_ids(index), vectors, lossy
     parts = list(stored_vectors(index))  # an inverted file: decoded by id, a chunk at a time
     ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     vectors = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, dim), np.float32)

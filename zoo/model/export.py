@@ -69,9 +69,11 @@ def export_model(model, format: str = "onnx", out: Optional[str] = None, overwri
         raise ZooError(f"unknown export format '{format}'; use {' or '.join(FORMATS)}")
     model.build()
     model.eval()
-    if out is None:
-        stem = Path(model.checkpoint_path).stem if getattr(model, "checkpoint_path", None) else model.architecture
-        out = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in stem) + FORMATS[fmt]
+    if out is None:  # in the current folder, named after the checkpoint file or the architecture
+        checkpoint = getattr(model, "checkpoint_path", None)
+        stem = Path(checkpoint).stem if checkpoint else "".join(
+            ch if ch.isalnum() or ch in "-_.+" else "_" for ch in model.architecture)
+        out = stem + FORMATS[fmt]
     out = Path(out)
     side = sidecar_path(out)
     refuse_overwrite(out, overwrite)

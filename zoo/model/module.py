@@ -13,12 +13,12 @@ import timm
 import torch
 from torchmetrics.utilities import dim_zero_cat
 
-from zoo.backbones.timm_backbone import Backbone, check_backbone_name, create_backbone
+from zoo.backbones.timm_backbone import Backbone, check_backbone_name, check_data_config, check_model_kwargs, create_backbone
 from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
+from zoo.io import sha256_file
 from zoo.metrics.retrieval import RetrievalMetrics
 from zoo.registry import HEADS
-from zoo.weights import sha256_file
 
 # preprocessing for heads that bring their own encoder (no backbone)
 DEFAULT_DATA_CONFIG = {
@@ -57,7 +57,8 @@ class ZooModel(L.LightningModule):
             pretrained: fetch the backbone's hub weights (or use the local cache); without
                 them it runs with random init, loudly.
             weights: a local .pth/.safetensors state dict for the backbone (offline).
-            model_kwargs: extra timm architecture arguments (e.g. {pad_type: same}).
+            model_kwargs: extra timm architecture arguments (e.g. {pad_type: same}); only those in
+                zoo.backbones.timm_backbone.MODEL_KWARGS_KEYS, none that names a file.
             data_config: preprocessing overrides (mean, std, input_size, interpolation,
                 crop_pct, or image_size as a shortcut).
             head_kwargs: the head's own options (see its class).
@@ -75,6 +76,8 @@ class ZooModel(L.LightningModule):
         self.save_hyperparameters()
         if backbone is not None:
             check_backbone_name(backbone)
+            check_model_kwargs(backbone, model_kwargs)
+        check_data_config(data_config, "data_config")
         HEADS.get(head)  # fails now, with the valid names, if unknown
         self.backbone: Optional[Backbone] = None
         self.head: Optional[Head] = None
@@ -334,6 +337,7 @@ def load_model(checkpoint: str) -> ZooModel:
         raise
     except Exception as e:  # truncated, not a checkpoint, or another model's
         raise ZooError(f"cannot load checkpoint {checkpoint}: {' '.join(str(e).split())[:160] or type(e).__name__}") from None
+    model.checkpoint_path = str(checkpoint)  # names `zoo export`'s file, recorded by `zoo benchmark --wandb`
     model.checkpoint_id = f"checkpoint:{Path(checkpoint).name} sha256:{sha256_file(checkpoint)[:16]}"
     model.eval()
     return model

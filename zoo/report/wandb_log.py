@@ -119,7 +119,7 @@ def log_benchmark(meta: dict, rows: Sequence[dict], results: Sequence[dict], arc
 
 
 # ---- training -------------------------------------------------------------------------------
-def wandb_logger_args(save_dir: str = "runs", project: str = "zoo") -> list[str]:
+def wandb_logger_args(save_dir: str, project: str = "zoo") -> list[str]:
     """`zoo fit --wandb`: Lightning's WandbLogger, the best checkpoint logged as an artifact."""
     return ["--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.log_model", "true",
             "--trainer.logger.project", project, "--trainer.logger.save_dir", save_dir,

@@ -14,29 +14,37 @@ one forward pass and one FAISS search instead of a whole ``zoo search`` process.
     GET  /api/duplicates                  groups of a `zoo duplicates` result (--duplicates)
     GET  /                                the web page (zoo/static)
 
-Safe by default: it listens on 127.0.0.1, an optional bearer token guards the API, request
-bodies and uploads are size-limited, uploads are decoded by content with Pillow's
-decompression-bomb guard (zoo.data.load_image), files are reachable only as indexed items by id,
-and every error is a JSON ``{"error": ...}`` with a 4xx status, never a traceback.
+Safe by default: it listens on 127.0.0.1 and answers only requests whose Host header names it
+(HostCheck: no DNS rebinding), an optional bearer token guards the API, request bodies and uploads
+are size-limited, uploads are decoded by content within a pixel budget and with Pillow's
+decompression-bomb guard (zoo.data.load_image), files are reachable only as indexed items by id
+and only inside the index's root (ZooIndex.item_file), clients that hold connections without
+finishing a request are dropped (GuardedHTTP), and every error is a JSON ``{"error": ...}``,
+never a traceback.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
+import ipaddress
 import json
 import os
+import re
 import secrets
 import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
+import h11
 import numpy as np
 import torch
+import uvicorn
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -44,6 +52,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from zoo.version import __version__
 from zoo.dedup.compare import similarity_score
@@ -55,6 +64,8 @@ from zoo.index.core import ZooIndex, load_index
 STATIC = Path(__file__).parent / "static"
 MAX_K = 200
 THUMB_SIZES = (128, 256, 512)
+MAX_PIXELS = 40_000_000  # an upload decodes to at most this many pixels (--max_pixels)
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 class UploadError(Exception):
@@ -71,18 +82,19 @@ class SearchService:
     """The loaded index and its model; thread-safe (one forward pass at a time)."""
 
     def __init__(self, index: ZooIndex, index_path: str | Path, duplicates: Optional[str | Path] = None,
-                 max_upload_bytes: int = 20 << 20):
+                 max_upload_bytes: int = 20 << 20, max_pixels: int = MAX_PIXELS):
         self.idx = index
         self.index_path = str(Path(index_path).resolve())
         if len(index) == 0:
             raise ZooError(f"{index_path} holds no items; nothing to serve")
         self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
         self.model = index.model().eval()  # the index's own model (checked against its identity)
         self.transform = eval_transform(self.model)
         self.draft = draft_size(self.model)
         self.lock = threading.Lock()
         self.thumbnail = lru_cache(maxsize=1024)(self._thumbnail)
-        self.duplicates = load_duplicates(duplicates, self) if duplicates else None
+        self.duplicates = load_duplicates(duplicates, index) if duplicates else None
         self.embed(Image.new("RGB", (32, 32), (127, 127, 127)))  # warm-up: the first forward is slow
 
     # -- identity --------------------------------------------------------------------------
@@ -90,10 +102,12 @@ class SearchService:
         return len(self.idx)
 
     def item(self, i: int) -> dict:
-        if not 0 <= i < len(self.idx):
-            raise UploadError(404, f"no item {i} in the index (ids run from 0 to {len(self.idx) - 1})")
-        getter = getattr(self.idx, "item", None)
-        return dict(getter(i) if callable(getter) else self.idx.items[i])
+        """Item ``i`` by the index's own ids (after an update they have gaps); 404 if there is
+        none, or if its row is damaged."""
+        try:
+            return self.idx.item(i)
+        except ZooError as e:
+            raise UploadError(404, str(e)) from None
 
     def info(self) -> dict:
         m = self.idx.meta["model"]
@@ -103,25 +117,31 @@ class SearchService:
             "architecture": m["architecture"], "weights": m["weights"], "checkpoint": m.get("checkpoint"),
             "description": self.idx.describe(), "score": "(1 + cosine) / 2",
             "duplicates": self.duplicates is not None, "max_upload_bytes": self.max_upload_bytes,
+            "max_pixels": self.max_pixels,
         }
 
     # -- embedding -------------------------------------------------------------------------
     def decode(self, data: bytes, what: str = "upload") -> Image.Image:
-        """Uploaded bytes -> RGB image, by the rules of indexed files (zoo.data.load_image)."""
+        """Uploaded bytes -> RGB image, by the rules of indexed files (zoo.data.load_image), within
+        the pixel budget: the header's size is checked before anything is decoded (a JPEG's after
+        its draft reduction, so a big photo decodes small)."""
         if len(data) == 0:
             raise UploadError(400, f"{what} is empty")
         if len(data) > self.max_upload_bytes:
             raise UploadError(413, f"{what} is {len(data)} bytes; the limit is {self.max_upload_bytes}")
-        # load_image reads a file: the bytes go to a private temporary file, whose name says
-        # nothing about the format (Pillow identifies the content; its bomb guard stays on)
-        with tempfile.NamedTemporaryFile(prefix="zoo-upload-") as f:
-            f.write(data)
-            f.flush()
-            try:
-                return load_image(f.name, draft_size=self.draft)
-            except ValueError as e:
-                status = 413 if str(e).startswith("too large") else 422
-                raise UploadError(status, f"{what} is not a usable image: {e}") from None
+        try:  # Pillow identifies the content, whatever the name says; its bomb guard stays on
+            image = load_image(data, draft_size=self.draft, max_pixels=self.max_pixels)
+        except ValueError as e:
+            if str(e).startswith("too large"):
+                raise UploadError(413, f"{what} is {e}") from None
+            raise UploadError(422, f"{what} is not a usable image: {e}") from None
+        return image
+
+    def prepare(self, data: bytes, what: str = "upload") -> tuple[torch.Tensor, tuple[int, int]]:
+        """Uploaded bytes -> the model's input (1, 3, H, W) and the decoded size. The decoded
+        pixels are dropped here, before the request waits its turn for the model."""
+        image = self.decode(data, what)
+        return self.transform(image).unsqueeze(0), image.size
 
     def embed(self, image: Image.Image) -> np.ndarray:
         """One decoded image -> its embedding (D,), L2-normalised.
@@ -130,18 +150,21 @@ class SearchService:
         the preprocessing zoo.embed uses, so vectors match the index's. A Trainer per request
         (as batch runs use, through zoo.embed.embed) would cost more than the forward itself.
         """
-        x = self.transform(image).unsqueeze(0)  # (1, 3, H, W), outside the lock
+        return self.forward(self.transform(image).unsqueeze(0))  # (1, 3, H, W), outside the lock
+
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        """The model's input (1, 3, H, W) -> its embedding (D,), one request at a time."""
         with self.lock, torch.inference_mode():
             v = self.model(x)  # (1, D)
         return v[0].float().numpy()
 
     def vector(self, i: int) -> np.ndarray:
         """The indexed vector of item ``i`` (D,); re-embeds the file where FAISS cannot reconstruct."""
-        item = self.item(i)
+        self.item(i)
         try:
             return self.idx.index.reconstruct(int(i))
         except RuntimeError:  # e.g. an IVF index without a direct map
-            return self.embed(self.item_image(item))
+            return self.embed(self.item_image(i))
 
     # -- searching -------------------------------------------------------------------------
     def search(self, vector: np.ndarray, k: int) -> list[dict]:
@@ -155,41 +178,67 @@ class SearchService:
         ]
 
     # -- thumbnails --------------------------------------------------------------------------
-    def item_image(self, item: dict) -> Image.Image:
+    def item_image(self, i: int) -> Image.Image:
+        """The picture of item ``i``, read only from a regular file inside the index's root."""
+        item = self.item(i)
         try:
+            path = self.idx.item_file(i)
             if item.get("frame") is not None:
                 from zoo.data.video import read_frame
 
-                return read_frame(item["path"], item["frame"])
-            return load_image(item["path"], draft_size=2 * max(THUMB_SIZES))
+                return read_frame(path, item["frame"])
+            return load_image(path, draft_size=2 * max(THUMB_SIZES), max_pixels=self.max_pixels)
         except (ValueError, OSError, ZooError) as e:
-            raise UploadError(404, f"the file of this item cannot be read any more ({e})") from None
+            raise UploadError(404, f"the file of item {i} cannot be read ({e})") from None
 
     def _thumbnail(self, i: int, size: int) -> bytes:
-        im = self.item_image(self.item(i))
+        im = self.item_image(i)
         im.thumbnail((size, size))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85)
         return buf.getvalue()
 
 
-def load_duplicates(path: str | Path, service: SearchService) -> dict:
-    """A `zoo duplicates` groups.json, with each path mapped to its id in the index (or None)."""
+def duplicates_problem(data) -> Optional[str]:
+    """What makes ``data`` something other than a `zoo duplicates` result, or None."""
+    def paths(g) -> bool:
+        return isinstance(g, list) and all(isinstance(p, str) for p in g)
+
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    for key in ("exact_groups", "near_groups"):
+        if not isinstance(data.get(key), list):
+            return f"{key} is missing or not a list"
+    for i, g in enumerate(data["exact_groups"]):
+        if not paths(g):
+            return f"exact group {i} is not a list of paths"
+    for i, g in enumerate(data["near_groups"]):
+        if not isinstance(g, dict) or not paths(g.get("paths")) \
+                or not number(g.get("min_similarity")) or not number(g.get("max_similarity")):
+            return f"near group {i} is not {{paths: [...], min_similarity: x, max_similarity: y}}"
+    return None
+
+
+def load_duplicates(path: str | Path, index: ZooIndex) -> dict:
+    """A `zoo duplicates` groups.json, with each path mapped to its id in the index (or None);
+    one query of the index for all its paths."""
     path = Path(path)
     if path.is_dir():
         path = path / "groups.json"
     try:
         data = json.loads(path.read_text())
-        exact, near = data["exact_groups"], data["near_groups"]
     except FileNotFoundError:
         raise ZooError(f"no such duplicates result: {path} (made by `zoo duplicates --out DIR`)") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ZooError(f"{path} is not a `zoo duplicates` groups.json ({e})") from None
-    ids: dict[str, int] = {}
-    for i in range(len(service)):
-        item = service.item(i)
-        if item.get("frame") is None:
-            ids.setdefault(item["path"], i)
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise ZooError(f"{path} is not a `zoo duplicates` groups.json ({' '.join(str(e).split())[:100]})") from None
+    problem = duplicates_problem(data)
+    if problem:
+        raise ZooError(f"{path} is not a `zoo duplicates` groups.json ({problem})")
+    exact, near = data["exact_groups"], data["near_groups"]
+    ids = index.ids_of({p for g in exact for p in g} | {p for g in near for p in g["paths"]})
 
     def members(paths: list[str]) -> list[dict]:
         return [{"id": ids.get(p), "path": p, "name": Path(p).name, "label": Path(p).parent.name,
@@ -198,8 +247,13 @@ def load_duplicates(path: str | Path, service: SearchService) -> dict:
     groups = [{"kind": "exact", "min_similarity": 1.0, "max_similarity": 1.0, "items": members(g)} for g in exact]
     groups += [{"kind": "near", "min_similarity": g["min_similarity"], "max_similarity": g["max_similarity"],
                 "items": members(g["paths"])} for g in near]
-    return {"source": data.get("source"), "threshold": data.get("threshold"), "model": data.get("model"),
-            "created": data.get("created"), "file": str(path.resolve()), "groups": groups}
+
+    def scalar(key: str):
+        value = data.get(key)
+        return value if isinstance(value, (str, int, float)) else None
+
+    return {"source": scalar("source"), "threshold": scalar("threshold"), "model": scalar("model"),
+            "created": scalar("created"), "file": str(path.resolve()), "groups": groups}
 
 
 # ---- the HTTP layer ---------------------------------------------------------------------------
@@ -240,6 +294,64 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+def host_name(value: str) -> Optional[str]:
+    """The name in a Host header or an address, lower-case, without its port; an IP address in
+    one spelling ('[::1]' for IPv6); None if it is not a host name at all."""
+    value = value.strip().lower()
+    match = re.fullmatch(r"\[([0-9a-f:.]+)\](?::\d{1,5})?|([0-9a-f:.]*:[0-9a-f:.]*:[0-9a-f:.]*)|([a-z0-9_.-]+)(?::\d{1,5})?",
+                         value)
+    if match is None:
+        return None
+    bracketed, bare, name = match.groups()  # [v6][:port], a bare v6 address, name-or-v4[:port]
+    try:
+        ip = ipaddress.ip_address(bracketed or bare or name)
+    except ValueError:
+        return (name.rstrip(".") or None) if name else None
+    if (bracketed or bare) and ip.version != 6:
+        return None
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def allowed_host_names(host: str, bound: str, extra: Sequence[str] = ()) -> list[str]:
+    """The names a server listening on ``host`` (bound to address ``bound``) answers to: the
+    loopback names when it listens on loopback or on every interface, its own addresses, and
+    ``extra`` (--allowed_hosts; '*': any)."""
+    names = {host_name(host), host_name(bound)}
+    wildcard = ipaddress.ip_address(bound).is_unspecified
+    if wildcard or is_loopback(host):
+        names.update(LOOPBACK_NAMES)
+    if wildcard:  # every address of this machine, and its name
+        import psutil
+
+        names.update(host_name(a.address.split("%")[0]) for addrs in psutil.net_if_addrs().values() for a in addrs
+                     if a.family in (socket.AF_INET, socket.AF_INET6))
+        names.add(host_name(socket.gethostname()))
+    for name in extra:
+        if name != "*" and host_name(name) is None:
+            raise ZooError(f"--allowed_hosts: {name!r} is not a host name")
+        names.add("*" if name == "*" else host_name(name))
+    return sorted(n for n in names if n)
+
+
+class HostCheck:
+    """ASGI middleware: 400 unless the Host header is one of ``names`` (DNS rebinding: a page of
+    another site, whose name is made to resolve to this machine, sends its own name)."""
+
+    def __init__(self, app, names: Iterable[str]):
+        self.app = app
+        self.names = set(names)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or "*" in self.names:
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if host_name(host) in self.names:
+            return await self.app(scope, receive, send)
+        response = JSONResponse({"error": f"Host {host[:100]!r} is not a name of this server; to reach it by that "
+                                          "name, start it with --allowed_hosts [NAME]"}, status_code=400)
+        return await response(scope, receive, send)
+
+
 def create_app(service: SearchService, token: Optional[str] = None):
     """The FastAPI application over ``service``; ``token``: require ``Authorization: Bearer TOKEN``."""
 
@@ -273,6 +385,11 @@ def create_app(service: SearchService, token: Optional[str] = None):
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return JSONResponse({"error": f"bad request: {problems}"}, status_code=422)
 
+    @app.exception_handler(ZooError)
+    async def zoo_error(request, exc: ZooError):  # e.g. a damaged row of the index among the results
+        print(f"zoo: error: {exc}", file=sys.stderr, flush=True)
+        return JSONResponse({"error": str(exc)}, status_code=500)
+
     @app.exception_handler(Exception)
     async def internal_error(request, exc: Exception):
         traceback.print_exception(exc, file=sys.stderr)  # for the server's log, not the client
@@ -289,9 +406,9 @@ def create_app(service: SearchService, token: Optional[str] = None):
         return response
 
     # -- endpoints ---------------------------------------------------------------------------
-    def read_upload(upload: UploadFile, what: str) -> Image.Image:
+    def read_upload(upload: UploadFile, what: str) -> tuple[torch.Tensor, tuple[int, int]]:
         data = upload.file.read(service.max_upload_bytes + 1)
-        return service.decode(data, f"{what} ({upload.filename or 'unnamed'})")
+        return service.prepare(data, f"{what} ({upload.filename or 'unnamed'})")
 
     def clamp_k(k: int) -> int:
         return max(1, min(k, MAX_K, len(service)))
@@ -309,16 +426,16 @@ def create_app(service: SearchService, token: Optional[str] = None):
                k: int = Query(10, ge=1, le=MAX_K, description="number of results")) -> dict:
         """Top k indexed items by cosine similarity to an uploaded image."""
         start = time.perf_counter()
-        image = read_upload(file, "the upload")
-        results = service.search(service.embed(image), clamp_k(k))
-        return {"query": {"name": file.filename, "decoded_size": [image.width, image.height]},  # big JPEGs decode reduced
+        x, size = read_upload(file, "the upload")
+        results = service.search(service.forward(x), clamp_k(k))
+        return {"query": {"name": file.filename, "decoded_size": list(size)},  # big JPEGs decode reduced
                 "k": len(results), "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 1)}
 
     @app.post("/api/compare", tags=["search"], dependencies=guarded)
     def compare(a: UploadFile = File(..., description="first image"),
                 b: UploadFile = File(..., description="second image")) -> dict:
         """Similarity of two uploaded images: score = (1 + cosine) / 2 in [0, 1], as `zoo compare`."""
-        va, vb = (service.embed(read_upload(f, what)) for f, what in ((a, "image a"), (b, "image b")))
+        va, vb = (service.forward(read_upload(f, what)[0]) for f, what in ((a, "image a"), (b, "image b")))
         va, vb = va.astype(np.float64), vb.astype(np.float64)
         cos = float(np.clip(va @ vb / max(np.linalg.norm(va) * np.linalg.norm(vb), 1e-12), -1.0, 1.0))
         return {"score": round(float(similarity_score(cos)), 6), "cosine": round(cos, 6),
@@ -359,6 +476,78 @@ def create_app(service: SearchService, token: Optional[str] = None):
     return app
 
 
+class GuardedHTTP(H11Protocol):
+    """uvicorn's HTTP/1.1 connection, guarded against clients that hold connections without
+    using them. A request's head (request line and headers) must arrive within ``head_timeout``
+    seconds of the connection or of the first byte after a response (the keep-alive timeout
+    covers an idle connection), and a body may pause for at most ``body_timeout`` seconds. One
+    client address holds at most ``per_client`` connections: another one first closes that
+    client's longest-open idle connection, or gets 503 itself when none is idle. There is no
+    server-wide cap, so no client can starve the others."""
+
+    def __init__(self, *args, head_timeout: float = 5.0, body_timeout: float = 30.0, per_client: int = 32, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head_timeout, self.body_timeout, self.per_client = head_timeout, body_timeout, per_client
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.opened = time.monotonic()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if self.client is not None:
+            mine = [c for c in self.connections if c is not self and isinstance(c, GuardedHTTP)
+                    and c.client is not None and c.client[0] == self.client[0] and not c.transport.is_closing()]
+            if len(mine) >= self.per_client:
+                idle = [c for c in mine if c.idle()]
+                if not idle:
+                    body = json.dumps({"error": f"too many connections from {self.client[0]}"}).encode()
+                    transport.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                    transport.close()
+                    return
+                min(idle, key=lambda c: c.opened).transport.close()
+        self.watch()
+
+    def idle(self) -> bool:
+        """Between requests, or before the first one's head is in."""
+        return self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.watch()
+
+    def watch(self) -> None:
+        """Arm the timer for what the client owes: a head (from the first wait, not restarted by
+        each byte) or the rest of a body (restarted by each piece); none while the server works."""
+        state = self.conn.their_state
+        if state is not h11.IDLE:
+            self.stop_timer()
+        if state is h11.SEND_BODY:
+            self.timer = self.loop.call_later(self.body_timeout, self.too_slow)
+        elif state is h11.IDLE and self.timer is None and not self.transport.is_closing():
+            self.timer = self.loop.call_later(self.head_timeout, self.too_slow)
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def too_slow(self) -> None:
+        self.timer = None
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self.stop_timer()
+        super().connection_lost(exc)
+
+
+def make_server(app, **guards) -> uvicorn.Server:
+    """A uvicorn server of ``app`` on GuardedHTTP connections (``guards``: its timeouts and limit)."""
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=5, http=functools.partial(GuardedHTTP, **guards))
+    return uvicorn.Server(config)
+
+
 # ---- start-up --------------------------------------------------------------------------------
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on host:port, or a ZooError saying why not."""
@@ -382,15 +571,17 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
-               duplicates: Optional[str] = None, max_upload_mb: float = 20.0, threads: int = 1) -> None:
+               duplicates: Optional[str] = None, max_upload_mb: float = 20.0, threads: int = 1,
+               allowed_hosts: Sequence[str] = (), max_pixels: int = MAX_PIXELS) -> None:
     """Load the index and its model once, then answer HTTP requests until interrupted."""
-    import uvicorn
-
     token = token or os.environ.get("ZOO_TOKEN") or None
     if max_upload_mb <= 0:
         raise ZooError(f"--max_upload_mb {max_upload_mb}: must be positive")
     if threads < 1:
         raise ZooError(f"--threads {threads}: must be 1 or more")
+    if max_pixels < 1:
+        raise ZooError(f"--max_pixels {max_pixels}: must be 1 or more")
+    allowed_host_names(host, "127.0.0.1", allowed_hosts or ())  # a bad name fails before anything slow
     # one image per forward pass: more threads than that gain little, and on a busy CPU their
     # synchronisation costs several times the forward itself; the other cores decode and serve
     torch.set_num_threads(threads)
@@ -399,20 +590,18 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
     try:
         print(f"zoo: loading {idx.describe()} for {len(idx)} items ...", file=sys.stderr, flush=True)
         max_bytes = int(max_upload_mb * (1 << 20))
-        service = SearchService(idx, index, duplicates=duplicates, max_upload_bytes=max_bytes)
+        service = SearchService(idx, index, duplicates=duplicates, max_upload_bytes=max_bytes, max_pixels=max_pixels)
         # a body holds at most two uploads (compare) plus the multipart framing
         app = BodyLimit(create_app(service, token=token), max_bytes=2 * max_bytes + (64 << 10))
         shown_host, shown_port = sock.getsockname()[:2]
+        app = HostCheck(app, allowed_host_names(host, shown_host, allowed_hosts or ()))
         shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
         if not is_loopback(host) and token is None:
             print("zoo: warning: listening beyond this machine without a token; anyone who can reach "
                   "it can search (set ZOO_TOKEN or --token)", file=sys.stderr)
         print(f"zoo: serving {Path(index)} at http://{shown_host}:{shown_port}/ (API docs at /docs"
               f"{', bearer token required' if token else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
-        # past 64 open connections new ones get 503 at once instead of queueing without bound
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                                limit_concurrency=64)
-        uvicorn.Server(config).run(sockets=[sock])
+        make_server(app).run(sockets=[sock])
     finally:
         sock.close()
 
