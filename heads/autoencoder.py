@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from zoo.heads.base import Head
+
 from zoo.registry import register_head
 
 

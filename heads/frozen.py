@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from zoo.heads.base import Head
 
 from zoo.errors import ZooError
-from zoo.heads.base import Head
 from zoo.registry import register_head
 
 

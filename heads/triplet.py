@@ -11,15 +11,17 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zoo.heads.base import Head
 
 from zoo.errors import ZooError
-from zoo.heads.base import Head
 from zoo.registry import register_head
 
 
 def triplet_accuracy(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Share of all valid triplets in the batch with d(anchor, positive) < d(anchor, negative)."""
-    from pytorch_metric_learning.utils import loss_and_miner_utils as lmu  # training only: slow import
+    from pytorch_metric_learning.utils import (
+        loss_and_miner_utils as lmu,  # training only: slow import
+    )
 
     a, p, n = lmu.get_all_triplets_indices(labels)
     if len(a) == 0:
@@ -146,7 +148,10 @@ class TripletHead(Head):
             raise ZooError(f"head 'triplet': koleo_weight {koleo_weight} must not be negative")
         self.loss_name, self.temperature, self.koleo_weight = loss, temperature, koleo_weight
 
-        from pytorch_metric_learning import losses, miners  # training only: slow import (scipy)
+        from pytorch_metric_learning import (  # training only: slow import (scipy)
+            losses,
+            miners,
+        )
 
         self.loss_fn = losses.TripletMarginLoss(margin=margin)
         if mining == "batch_hard":

@@ -28,10 +28,21 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from zoo.cli.help import DESCRIPTION, FULL_HELP, ZooArgumentParser
 from zoo.data.datamodule import ZooDataModule
-from zoo.errors import ZooError
-from zoo.model.module import ZooModel, load_model, model_config
+from zoo.dedup.compare import run_compare
+from zoo.dedup.duplicates import run_duplicates, undo_quarantine
 from zoo.embed.progress import StderrProgressBar
+from zoo.embed.runner import inference_precision
+from zoo.errors import ZooError
+from zoo.evaluate.benchmark import Architecture, run_benchmark
+from zoo.evaluate.calibration import calibrated_threshold, run_calibrate
+from zoo.evaluate.video_benchmark import run_video_benchmark
+from zoo.index.core import build_index, check_k, load_index
+from zoo.io import refuse_overwrite
+from zoo.model.listing import list_registered
+from zoo.model.module import ZooModel, load_model, model_config
+from zoo.model.start_validation import StartValidation
 
 
 def resolve_model(model: ZooModel, backbone: Optional[str] = None, checkpoint: Optional[str] = None) -> ZooModel:
@@ -93,8 +104,6 @@ class ZooTrainer(L.Trainer):
             shard_size: embeddings per shard written to disk (the most a crash can lose).
             channels_last: channels-last memory layout for the forward (default: on CUDA).
         """
-        from zoo.index.core import build_index
-
         if update and video is not None:
             raise ZooError("--update works on image folders; rebuild a video index with --overwrite")
         if (images is None) == (video is None) and not update:
@@ -142,9 +151,6 @@ class ZooTrainer(L.Trainer):
             backbone: embed queries with this backbone (must match the index's).
             checkpoint: embed queries with this trained checkpoint (must match the index's).
         """
-        from zoo.index.core import check_k, load_index
-        from zoo.io import refuse_overwrite
-
         check_k(k)
         if grid:
             refuse_overwrite(grid, overwrite)
@@ -190,8 +196,6 @@ class ZooTrainer(L.Trainer):
             images: two or more image files, or a folder.
             matrix: write the all-versus-all cosine distance matrix to MATRIX.csv and MATRIX.npy.
         """
-        from zoo.dedup.compare import run_compare
-
         run_compare(resolve_model(model, backbone, checkpoint), images, matrix=matrix, overwrite=overwrite,
                     trainer=self, batch_size=batch_size, num_workers=num_workers)
 
@@ -245,8 +249,6 @@ class ZooTrainer(L.Trainer):
             grouping: star (every member within the threshold of the group's centre) or components
                 (chains of near duplicates merge); --move-to keeps the best file of each group.
         """
-        from zoo.dedup.duplicates import run_duplicates, undo_quarantine
-
         if undo:
             undo_quarantine(undo)
             return
@@ -254,8 +256,6 @@ class ZooTrainer(L.Trainer):
             raise ZooError("--exact and --approximate exclude each other")
         model = resolve_model(model, backbone, checkpoint)
         if threshold == "auto":
-            from zoo.evaluate.calibration import calibrated_threshold
-
             threshold = calibrated_threshold(calibration, model if index is None else None, index)
         run_duplicates(
             model, images=images, index=index, threshold=threshold, out=out, background=background,
@@ -297,8 +297,6 @@ class ZooTrainer(L.Trainer):
             seed: seed of the sample and of the edits.
             overwrite: replace this model's existing calibration (and plot).
         """
-        from zoo.evaluate.calibration import run_calibrate
-
         run_calibrate(resolve_model(model, backbone, checkpoint), images, sample=sample, precision=precision, edits=edits,
                       copies=copies, calibration=calibration, plot=plot, seed=seed, overwrite=overwrite, trainer=self,
                       batch_size=batch_size, num_workers=num_workers)
@@ -354,12 +352,8 @@ class ZooTrainer(L.Trainer):
                 brightness changed, JPEG) and their truth.csv into --query.
             twin_threshold: cosine at which two images of the set count as near-identical twins.
         """
-        from zoo.evaluate.benchmark import Architecture, run_benchmark
-
         archs = Architecture.from_cli(model, backbone, head, checkpoint, architectures)
         if video is not None:
-            from zoo.evaluate.video_benchmark import run_video_benchmark
-
             if images is not None or gallery is not None:
                 raise ZooError("--video takes --query EXAMPLES (with truth.csv), not --images or --gallery")
             run_video_benchmark(
@@ -442,8 +436,6 @@ class ZooTrainer(L.Trainer):
             pattern: shell-style wildcard on names.
             timm: also list matching timm model names (any of them works as --model.backbone).
         """
-        from zoo.model.listing import list_registered
-
         list_registered(pattern, timm, weights=model.hparams.weights if model is not None else None)
 
 
@@ -492,15 +484,11 @@ class ZooCLI(LightningCLI):
         else:  # no runs/lightning_logs for index, search, ...
             cfg.trainer.logger = False
             if cfg.trainer.precision is None:  # inference on a GPU: bf16 autocast unless asked otherwise
-                from zoo.embed.runner import inference_precision
-
                 cfg.trainer.precision = inference_precision(cfg.trainer.accelerator)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         if self.subcommand == "fit":
-            from zoo.model.start_validation import StartValidation
-
             trainer.callbacks.append(StartValidation())  # scores the starting model; keeps it if best
         if type(trainer.progress_bar_callback) is TQDMProgressBar:
             trainer.progress_bar_callback.__class__ = StderrProgressBar
@@ -622,7 +610,6 @@ def quiet_lightning() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = expand_fit_wandb(normalise_argv(list(sys.argv[1:] if argv is None else argv)))
-    from zoo.cli.help import DESCRIPTION, FULL_HELP, ZooArgumentParser
 
     FULL_HELP["on"] = "--help_all" in argv
     argv = ["--help" if a == "--help_all" else a for a in argv]

@@ -197,7 +197,9 @@ class ZooDataModule(L.LightningDataModule):
         hp = self.hparams
         common = dict(num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
         if self.labelled:
-            from pytorch_metric_learning.samplers import MPerClassSampler  # training only: slow import (scipy)
+            from pytorch_metric_learning.samplers import (
+                MPerClassSampler,  # training only: slow import (scipy)
+            )
 
             sampler = MPerClassSampler(self.train_set.labels, m=hp.samples_per_class, batch_size=hp.batch_size,
                                        length_before_new_iter=len(self.train_set))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from zoo.errors import ZooError
 from zoo.io import open_regular
 
 DECODE_MODES = ("auto", "cpu", "device")
@@ -65,8 +66,6 @@ def _frame_type(data: bytes | memoryview) -> Optional[int]:
 def resolve_decode(decode: str, device: torch.device) -> str:
     """"auto": on the device when the model runs on CUDA, else in the CPU workers."""
     if decode not in DECODE_MODES:
-        from zoo.errors import ZooError
-
         raise ZooError(f"--decode {decode}: choose one of {', '.join(DECODE_MODES)}")
     if decode == "auto":
         return "device" if device.type == "cuda" else "cpu"

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import Dataset
 
+from zoo.data.decode import device_decodable, read_bytes
 from zoo.errors import ZooError
 from zoo.io import kind_of, open_regular
 
@@ -216,8 +217,6 @@ class ImageDataset(Dataset):
         i = self.indices[n]
         r = self.records[i]
         if self.jpeg_bytes and r.image is None:
-            from zoo.data.decode import device_decodable, read_bytes
-
             try:
                 data = read_bytes(r.path)
             except OSError as e:

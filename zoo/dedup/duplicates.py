@@ -27,10 +27,23 @@ from typing import Optional
 import numpy as np
 
 from zoo.data.images import scan_folder
-from zoo.errors import ZooError
-from zoo.io import atomic_path, check_writable_dir, open_regular, sha256_file, write_json
+from zoo.dedup.background import (
+    background_similarity,
+    background_vectors,
+    normalised_pairs,
+)
 from zoo.dedup.groups import component_groups, group_similarity_range, make_groups
-from zoo.dedup.pairsearch import check_search_options, find_pairs, similar_pairs
+from zoo.dedup.pairsearch import check_search_options, find_pairs
+from zoo.embed.runner import embed
+from zoo.errors import ZooError
+from zoo.index.core import Hit, load_index
+from zoo.io import (
+    atomic_path,
+    check_writable_dir,
+    open_regular,
+    sha256_file,
+    write_json,
+)
 
 
 # ---- exact duplicates ---------------------------------------------------------------------
@@ -74,9 +87,6 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     ``grouping``: "star" (every member within the threshold of the group's first path) or
     "components" (connected components: chains of near duplicates); ``background``: a folder or
     index whose k-th nearest similarity is subtracted from each pair's (zoo.normalise)."""
-    from zoo.embed.runner import embed
-    from zoo.index.core import load_index
-
     if (images is None) == (index is None):
         raise ZooError("give a folder (--images DIR) or an index (--index PATH)")
     if not 0.0 < threshold <= 1.0:
@@ -119,8 +129,6 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     search_info = None
     if vectors is not None and len(paths) > 1:
         if background is not None:  # scores relative to a background set (zoo.normalise), exact
-            from zoo.dedup.background import background_similarity, background_vectors, normalised_pairs
-
             bg_model = idx.model() if index is not None else model
             expect = ((idx.meta["model"]["architecture"], idx.meta["model"]["weights"]) if index is not None
                       else (model.architecture, model.weights_id))
@@ -176,7 +184,6 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
                   "cosine similarity to the nearest other image"
                   + (" (among the inverted file's candidates)" if search_info["method"] == "ivf" else ""), marks=[threshold])
     if plots:
-        from zoo.index.core import Hit
         from zoo.report.plots import topk_grid
 
         for i, g in enumerate(near[:100]):

@@ -6,6 +6,7 @@ memory or streamed to shards, and the one-call Python API.
 """
 import sys
 
+from zoo.embed.api import embed_images
 from zoo.embed.runner import Embeddings, embed, report_skipped, require_some  # noqa: F401
 
 
@@ -13,8 +14,6 @@ class _CallableModule(sys.modules[__name__].__class__):
     """``zoo.embed(images, ...)`` embeds image files (zoo.embed.api.embed_images)."""
 
     def __call__(self, images, model=None, **kwargs):
-        from zoo.embed.api import embed_images
-
         return embed_images(images, model, **kwargs)
 
 

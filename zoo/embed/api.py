@@ -17,6 +17,11 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from zoo.data.images import records_from
+from zoo.embed.runner import default_trainer, embed
+from zoo.errors import ZooError
+from zoo.model.module import ZooModel, load_model
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -56,11 +61,6 @@ def embed_images(
     folder's files sorted); unreadable files are reported on stderr and skipped, so pass
     ``paths=True`` to get (vectors, paths) and know which file each row is.
     """
-    from zoo.data.images import records_from
-    from zoo.embed.runner import default_trainer, embed
-    from zoo.errors import ZooError
-    from zoo.model.module import ZooModel, load_model
-
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if model is None:

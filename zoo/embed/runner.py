@@ -18,8 +18,10 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
+from zoo.data.decode import resolve_decode
 from zoo.data.images import ImageDataset, Record, collate
 from zoo.data.transforms import draft_size, pixel_transform
+from zoo.embed.progress import StderrProgressBar
 from zoo.errors import ZooError
 from zoo.model.module import ZooModel
 
@@ -65,8 +67,6 @@ class EmbeddingWriter(BasePredictionWriter):
 def default_trainer(progress: bool = True) -> L.Trainer:
     """One device; on a GPU, bf16 autocast where the card has it (zoo.cli does the same for
     the commands)."""
-    from zoo.embed.progress import StderrProgressBar
-
     return L.Trainer(
         accelerator="auto", devices=1, logger=False, enable_checkpointing=False, precision=inference_precision("auto"),
         enable_model_summary=False, enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
@@ -96,8 +96,6 @@ def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, 
                 decode: str = "auto", indices: Optional[Sequence[int]] = None) -> tuple[DataLoader, str]:
     """A loader of uint8 pixels (or JPEG bytes, when decoding on the device) for ``records``;
     and the decode mode it uses."""
-    from zoo.data.decode import resolve_decode
-
     if batch_size < 1:
         raise ZooError(f"--batch_size {batch_size}: must be 1 or more")
     if num_workers < 0:

@@ -12,6 +12,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from zoo.dedup.duplicates import connected_components
+from zoo.dedup.pairsearch import similar_pairs
+
 BOOTSTRAP_RESAMPLES = 1000
 TWIN_THRESHOLD = 0.9
 
@@ -81,8 +84,6 @@ def twin_report(vectors: np.ndarray, diag: QueryDiagnostics, hit1: np.ndarray, a
     result is that close. Returns the group count, twin queries, and hit@1 / mAP on the
     queries without a twin (the figures leave-one-out does not inflate).
     """
-    from zoo.dedup.duplicates import connected_components, similar_pairs
-
     pairs, _ = similar_pairs(vectors, threshold)
     groups = connected_components(len(vectors), pairs)
     twin = diag.top1_similarity >= threshold - 1e-6  # (Q,)

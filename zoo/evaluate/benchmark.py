@@ -18,17 +18,26 @@ import lightning as L
 import numpy as np
 import torch
 
-from zoo.version import __version__
+from zoo.data.demo import demo_folder
 from zoo.data.images import Record, scan_folder
 from zoo.embed.runner import embed
 from zoo.errors import ZooError
+from zoo.evaluate.analysis import (
+    BOOTSTRAP_RESAMPLES,
+    TWIN_THRESHOLD,
+    bootstrap_ci,
+    query_diagnostics,
+    twin_note,
+    twin_report,
+    twin_warning,
+    worst_queries,
+)
+from zoo.evaluate.resources import PeakMemory, timer
 from zoo.index.core import Hit, ZooIndex
 from zoo.io import write_json, write_rows, write_text
-from zoo.evaluate.analysis import (BOOTSTRAP_RESAMPLES, TWIN_THRESHOLD, bootstrap_ci, query_diagnostics, twin_report,
-                          twin_note, twin_warning, worst_queries)
 from zoo.metrics.retrieval import KS, per_class, retrieval_metrics
 from zoo.model.module import ZooModel, load_model, model_config
-from zoo.evaluate.resources import PeakMemory, timer
+from zoo.version import __version__
 
 TABLE_COLUMNS = ["architecture", "weights", "hit@1", "hit@1 95% CI", "hit@10", "p@10", "map", "map 95% CI", "map@r", "img_per_s"]
 
@@ -81,8 +90,6 @@ def make_protocol(images=None, query=None, gallery=None, protocol="auto", query_
         q, g = _labelled(scan_folder(query), query), _labelled(scan_folder(gallery), gallery)
         return Protocol("query-gallery", q, g, sorted({r.label for r in q + g}))
     if images is None:
-        from zoo.data.demo import demo_folder
-
         images = demo_folder()
         print(f"zoo: no --images given: using the built-in demo set (scikit-learn digits) in {images}", file=sys.stderr)
     records = _labelled(scan_folder(images), images)

@@ -27,8 +27,12 @@ from typing import Any, Optional
 
 import numpy as np
 
+from zoo.data.augment import make_copy, resolve_spec
+from zoo.data.images import Record, load_image, scan_folder
+from zoo.embed.runner import embed
 from zoo.errors import ZooError
-from zoo.io import file_lock, open_regular, refuse_overwrite, write_json
+from zoo.index.core import load_index
+from zoo.io import atomic_path, file_lock, open_regular, refuse_overwrite, write_json
 from zoo.metrics.pairs import pair_scores, pr_curve, threshold_for_precision
 
 DEFAULT_FILE = "zoo-calibration.json"
@@ -102,7 +106,6 @@ def pr_plot(curve: dict, chosen: dict, target: float, path: Path, title: str) ->
     ax2.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    from zoo.io import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -112,9 +115,6 @@ def pr_plot(curve: dict, chosen: dict, target: float, path: Path, title: str) ->
 def synthetic_copies(records, edits: Any, copies: int, seed: int, folder: Path) -> tuple[list, list[int]]:
     """``copies`` seeded edited copies of each record, saved as PNG under ``folder``:
     (copy records, group = index of the original)."""
-    from zoo.data.augment import make_copy
-    from zoo.data.images import Record, load_image
-
     out, groups = [], []
     for i, r in enumerate(records):
         try:
@@ -134,10 +134,6 @@ def synthetic_copies(records, edits: Any, copies: int, seed: int, folder: Path) 
 def run_calibrate(model, images: str, sample: int = 200, precision: float = 0.95, edits: Any = "copyset",
                   copies: int = 1, calibration: str = DEFAULT_FILE, plot: Optional[str] = None, seed: int = 0,
                   overwrite: bool = False, trainer=None, batch_size: int = 32, num_workers: int = 0) -> dict:
-    from zoo.data.augment import resolve_spec
-    from zoo.data.images import scan_folder
-    from zoo.embed.runner import embed
-
     if not 0.0 < precision < 1.0:
         raise ZooError(f"--precision {precision}: a target precision in (0, 1) is expected")
     if sample < 2 or copies < 1:
@@ -191,8 +187,6 @@ def calibrated_threshold(calibration: str | Path, model=None, index: Optional[st
     """``--threshold auto``: the threshold calibrated for ``model``, or for the model that
     built ``index``."""
     if index is not None:
-        from zoo.index.core import load_index
-
         meta = load_index(index).meta["model"]
         architecture, weights = meta["architecture"], meta["weights"]
     else:

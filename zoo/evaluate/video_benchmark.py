@@ -20,13 +20,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from zoo.version import __version__
 from zoo.data.images import Record, records_from
 from zoo.embed.runner import embed
 from zoo.errors import ZooError
+from zoo.evaluate.benchmark import format_table, markdown_table, safe_name
+from zoo.evaluate.resources import PeakMemory, timer
 from zoo.index.core import Hit
 from zoo.io import atomic_path, write_json, write_rows, write_text
-from zoo.evaluate.resources import PeakMemory, timer
+from zoo.version import __version__
 
 TRUTH_FILE = "truth.csv"
 VIDEO_COLUMNS = ["architecture", "weights", "first_match", "exact@1", "adjacent@10", "offset_s_mean", "offset_s_median",
@@ -175,7 +176,6 @@ def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], windo
                         out: str = "benchmark-results", overwrite: bool = False, samples: int = 3,
                         use_wandb: bool = False, wandb_project: str = "zoo", trainer: Optional[L.Trainer] = None,
                         batch_size: int = 32, num_workers: int = 2, make: int = 0, seed: int = 0) -> list[dict]:
-    from zoo.evaluate.benchmark import format_table, markdown_table, safe_name
     from zoo.data.video import video_records
 
     out = Path(out)

@@ -31,13 +31,16 @@ import faiss
 import lightning as L
 import numpy as np
 
-from zoo.version import __version__
-from zoo.index import folder as indexdir
 from zoo.data.images import Record, records_from, scan_folder
+from zoo.embed.runner import embed, report_skipped, require_some
 from zoo.errors import ZooError
-from zoo.model.identity import model_identity
-from zoo.index.vectors import all_vectors, stored_ids, vectors_by_id
+from zoo.index import folder as indexdir
+from zoo.index.shards import ShardJob, embed_to_shards, is_primary_process, job_key
 from zoo.index.store import ItemStore, file_state, resolve_item_path
+from zoo.index.vectors import all_vectors, stored_ids, vectors_by_id
+from zoo.model.identity import model_identity
+from zoo.model.module import ZooModel
+from zoo.version import __version__
 
 META_KEYS = ("model", "factory", "root", "count", "dim")
 MODEL_KEYS = ("architecture", "dim", "weights", "hparams", "recipe")
@@ -357,8 +360,6 @@ class ZooIndex:
     def model(self):
         """The model that built this index, rebuilt from its identity and the index's own files."""
         if self._model is None:
-            from zoo.model.module import ZooModel
-
             m = self.meta["model"]
             own = self.folder / "model.safetensors" if self.folder is not None and m.get("own_weights") else None
             if own is None and keeps_own_weights(str(m["weights"])):
@@ -421,8 +422,6 @@ class ZooIndex:
                     trainer: Optional[L.Trainer] = None) -> list[tuple[str, list[Hit]]]:
         """(query path, top-k hits) for every usable image among ``images`` (folders expand);
         unusable ones are reported and left out, so each result stays tied to its query."""
-        from zoo.embed.runner import embed, require_some
-
         check_k(k)
         model = model or self.model()
         self.check_model(model)
@@ -563,9 +562,6 @@ def build_index(
     in a multi-device run every process embeds its part; only the first returns the index
     (the others return None).
     """
-    from zoo.model.module import ZooModel
-    from zoo.index.shards import is_primary_process
-
     out_path = Path(os.path.abspath(out)) if out is not None else None
     run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size,
                channels_last=channels_last)
@@ -604,8 +600,6 @@ def build_index(
 
 def _embed_into(index: ZooIndex, model, records: list[Record], trainer, batch_size: int, num_workers: int,
                 decode: str = "auto", require: bool = False) -> ZooIndex:
-    from zoo.embed.runner import embed
-
     emb = embed(model, records, trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode) if records else None
     if emb is None or len(emb.records) == 0:
         if require:
@@ -620,9 +614,6 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
                   num_workers: int, decode: str, shard_size: int, channels_last: Optional[bool] = None):
     """Embed ``records`` into shards in ``out`` (resuming an earlier run of the same job); the
     first process then adds them to ``index``. Returns the job."""
-    from zoo.embed.runner import report_skipped
-    from zoo.index.shards import ShardJob, embed_to_shards, is_primary_process, job_key
-
     job = ShardJob(out, job_key(model_identity(model), records), len(records), model.embedding_dim)
     primary = is_primary_process()
     if primary:
@@ -641,8 +632,6 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
 
 def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int, decode: str = "auto",
             shard_size: int = 4096, channels_last: Optional[bool] = None) -> Optional[ZooIndex]:
-    from zoo.index.shards import is_primary_process
-
     primary = is_primary_process()
     index = ZooIndex.load(out, mmap=False).writable_copy()
     if images is not None and Path(os.path.realpath(images)) != Path(os.path.realpath(index.root)):

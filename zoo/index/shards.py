@@ -30,8 +30,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from zoo.data.images import Record
 from zoo.embed.runner import default_trainer, describe_run, make_loader
 from zoo.errors import ZooError
-from zoo.model.module import ZooModel
+from zoo.index.folder import WORK
+from zoo.index.store import file_state
 from zoo.io import atomic_path, write_json
+from zoo.model.module import ZooModel
 
 PREFIX = ".embed-"
 _SHARD = re.compile(r"^r(\d{3,})-(\d{6,})\.index\.npy$")
@@ -39,8 +41,6 @@ _SHARD = re.compile(r"^r(\d{3,})-(\d{6,})\.index\.npy$")
 
 def job_key(model_identity: dict, records: Sequence[Record]) -> str:
     """Hash of what decides the embeddings: the model and every input file as it is now."""
-    from zoo.index.store import file_state
-
     h = hashlib.sha256(json.dumps(model_identity, sort_keys=True, default=str).encode())
     for r in records:
         state = file_state(r.path) if r.frame is None else (r.frame, r.time)
@@ -64,8 +64,6 @@ class ShardJob:
     # ---- the job's folder -----------------------------------------------------------------
     def prepare(self) -> None:
         """Create the folder (primary process, under the index lock); drop other jobs' work."""
-        from zoo.index.folder import WORK
-
         if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
             raise ZooError(f"{self.folder} is not a folder zoo made; remove it")
         for e in self.out.iterdir() if self.out.is_dir() else ():

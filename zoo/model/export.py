@@ -14,10 +14,10 @@ from typing import Optional
 
 import torch
 
-from zoo.version import __version__
 from zoo.errors import ZooError
-from zoo.model.identity import model_identity
 from zoo.io import atomic_path, refuse_overwrite, write_json
+from zoo.model.identity import model_identity
+from zoo.version import __version__
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 

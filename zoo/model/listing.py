@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from zoo.backbones.timm_backbone import _cached_hub_file, create_backbone
 from zoo.registry import BACKBONES, HEADS
 
 
@@ -15,8 +16,6 @@ def hub_weights(name: str) -> tuple[Optional[str], Optional[str]]:
 
     The backbone is built on the meta device: no memory, no weights, no network.
     """
-    from zoo.backbones.timm_backbone import _cached_hub_file, create_backbone
-
     try:
         with torch.device("meta"):
             backbone = create_backbone(name, pretrained=False)

@@ -13,10 +13,20 @@ import timm
 import torch
 from torchmetrics.utilities import dim_zero_cat
 
-from zoo.backbones.timm_backbone import Backbone, check_backbone_name, check_data_config, check_model_kwargs, create_backbone
+from zoo.backbones.timm_backbone import (
+    Backbone,
+    check_backbone_name,
+    check_data_config,
+    check_model_kwargs,
+    create_backbone,
+)
+from zoo.data.decode import DevicePreprocess
+from zoo.data.images import load_image
+from zoo.data.transforms import draft_size, pixel_transform
 from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
 from zoo.io import sha256_file
+from zoo.metrics.pairs import pair_summary
 from zoo.metrics.retrieval import RetrievalMetrics
 from zoo.registry import HEADS
 
@@ -200,8 +210,6 @@ class ZooModel(L.LightningModule):
 
     @property
     def device_preprocess(self):
-        from zoo.data.decode import DevicePreprocess
-
         if getattr(self, "_device_preprocess", None) is None:
             self._device_preprocess = DevicePreprocess(self.data_config)
         return self._device_preprocess
@@ -209,9 +217,6 @@ class ZooModel(L.LightningModule):
     def _decode_jpegs(self, batch: dict) -> dict:
         """Decode the batch's JPEG bytes on the device; the few the device decoder refuses are
         decoded by Pillow here, and reported if Pillow cannot read them either."""
-        from zoo.data.images import load_image
-        from zoo.data.transforms import draft_size, pixel_transform
-
         jpegs = [torch.from_numpy(a) for a in batch.pop("jpeg")]
         where = batch.pop("jpeg_index").to(batch["index"].device)  # (J,)
         decoded, failed = self.device_preprocess.decode(jpegs, self.device)  # (J - F, 3, H, W) uint8
@@ -283,8 +288,6 @@ class ZooModel(L.LightningModule):
         self.log("val/map", summary["map"], prog_bar=True)
         emb, labels = self.last_validation["embeddings"], self.last_validation["labels"]
         if 2 <= len(emb) <= 4000:  # every pair: copy detection's precision/recall (zoo.pairs)
-            from zoo.metrics.pairs import pair_summary
-
             pairs = pair_summary(emb, labels, precision=0.95)
             if pairs["pair_ap"] == pairs["pair_ap"]:  # some positive pair
                 self.log("val/pair_ap", pairs["pair_ap"], prog_bar=True)

@@ -10,12 +10,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from zoo.data.images import load_image
 from zoo.io import atomic_path  # noqa: E402
 
 
 def _thumb(path: str, size: int = 160, frame=None):
-    from zoo.data.images import load_image
-
     try:
         if frame is not None:
             from zoo.data.video import read_frame

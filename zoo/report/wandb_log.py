@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from zoo.model.module import model_config
+
 
 def wandb_mode() -> str:
     """offline unless the user set W&B up (WANDB_MODE, or an API key to sync with)."""
@@ -42,8 +44,6 @@ def new_group(kind: str = "benchmark") -> str:
 
 def architecture_config(arch, row: dict) -> dict:
     """What identifies an architecture: its --model.* settings plus what they resolve to."""
-    from zoo.model.module import model_config
-
     model = arch.model
     cfg = {k: v for k, v in model_config(model.hparams).items()}
     return {

@@ -54,12 +54,12 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from zoo.version import __version__
-from zoo.dedup.compare import similarity_score
 from zoo.data.images import load_image
 from zoo.data.transforms import draft_size, eval_transform
+from zoo.dedup.compare import similarity_score
 from zoo.errors import ZooError
 from zoo.index.core import ZooIndex, load_index
+from zoo.version import __version__
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 200
