@@ -9,38 +9,18 @@
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from zoo.data.images import records_from
+from zoo.embed.quiet import quiet_lightning
 from zoo.embed.runner import default_trainer, embed
 from zoo.errors import ZooError
 from zoo.model.module import ZooModel, load_model
 
 PathLike = Union[str, os.PathLike]
-
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """No device banner or tips from Lightning while the library embeds."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def embed_images(
@@ -68,7 +48,7 @@ def embed_images(
     elif checkpoint:
         raise ZooError("give a model or a checkpoint, not both")
     records = records_from(list(images))
-    with _quiet_lightning():
+    with quiet_lightning(banner=False):
         trainer = default_trainer(progress=progress)
         emb = embed(model, records, trainer=trainer, batch_size=batch_size, num_workers=num_workers)
     vectors = np.asarray(emb.vectors, dtype=np.float32)

@@ -5,7 +5,8 @@ import contextlib
 import sys
 import time
 
-from lightning.pytorch.callbacks import TQDMProgressBar
+import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 
 def _on_stderr(name: str):
@@ -42,3 +43,12 @@ class StderrProgressBar(TQDMProgressBar):
             bar = self.predict_progress_bar
             if bar is not None and elapsed > 0 and self._should_update(batch_idx + 1, bar.total):
                 bar.set_postfix_str(f"{self._images / elapsed:.1f} img/s", refresh=False)
+
+
+def progress_on_stderr(trainer: L.Trainer) -> None:
+    """Swap the progress bar Lightning chose by default (tqdm, or Rich where the rich package is
+    installed; both write to stdout) for :class:`StderrProgressBar`. A bar the user configured
+    as a callback of another kind is left alone."""
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback) in (TQDMProgressBar, RichProgressBar):
+            trainer.callbacks[i] = StderrProgressBar()

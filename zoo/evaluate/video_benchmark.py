@@ -175,9 +175,15 @@ def evaluate_video(arch, frames: list[Record], examples: list[tuple[Record, int]
 def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], window: int = 5, k: int = 10,
                         out: str = "benchmark-results", overwrite: bool = False, samples: int = 3,
                         use_wandb: bool = False, wandb_project: str = "zoo", trainer: Optional[L.Trainer] = None,
-                        batch_size: int = 32, num_workers: int = 2, make: int = 0, seed: int = 0) -> list[dict]:
+                        batch_size: int = 32, num_workers: int = 2, make: int = 0, seed: int = 0,
+                        images: Optional[str] = None, gallery: Optional[str] = None) -> list[dict]:
+    """``zoo benchmark --video``: every frame of ``video`` is the gallery, the ``query``
+    examples (truth.csv: file,frame) search it; ``images`` and ``gallery`` belong to the image
+    protocols and are refused here."""
     from zoo.data.video import video_records
 
+    if images is not None or gallery is not None:
+        raise ZooError("--video takes --query EXAMPLES (with truth.csv), not --images or --gallery")
     out = Path(out)
     if (out / "results.json").exists() and not overwrite:
         raise ZooError(f"{out} already holds benchmark results; pass --overwrite or another --out")
