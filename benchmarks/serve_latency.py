@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 
 from zoo.data.images import scan_folder
-from zoo.serve.app import spawn_server
+from zoo.serve.server import spawn_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -15,7 +15,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from zoo.io import atomic_path
-from zoo.serve.app import spawn_server
+from zoo.serve.server import spawn_server
 
 
 def main() -> None:

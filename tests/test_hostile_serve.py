@@ -23,7 +23,8 @@ from conftest import save  # noqa: E402
 from shapes import make_shapes  # noqa: E402
 from zoo.errors import ZooError  # noqa: E402
 from zoo.index.core import load_index  # noqa: E402
-from zoo.serve.app import SearchService, create_app  # noqa: E402
+from zoo.serve.app import create_app  # noqa: E402
+from zoo.serve.service import SearchService  # noqa: E402
 
 # a very small random-init model: these tests are about files and requests, not features
 FAST = ["--model.backbone", "timm/test_resnet", "--model.pretrained", "false",
@@ -81,7 +82,7 @@ def copy_of(indexed, tmp_path):
 @pytest.fixture(scope="module")
 def server(indexed):
     """The real `zoo serve` process on loopback, with one more allowed name and a small pixel budget."""
-    from zoo.serve.app import spawn_server
+    from zoo.serve.server import spawn_server
 
     _, index = indexed
     proc, url = spawn_server(index, "--allowed_hosts", "[zoo.example]", "--max_pixels", "1000000")
@@ -94,7 +95,7 @@ def server(indexed):
 @pytest.fixture(scope="module")
 def plain_server(indexed):
     """The real `zoo serve` process on loopback, as a plain `zoo serve --index` starts it."""
-    from zoo.serve.app import spawn_server
+    from zoo.serve.server import spawn_server
 
     _, index = indexed
     proc, url = spawn_server(index)
@@ -180,7 +181,7 @@ def test_foreign_host_header_is_refused(server):
 
 
 def test_allowed_host_names():
-    from zoo.serve.app import allowed_host_names, host_name
+    from zoo.serve.guard import allowed_host_names, host_name
 
     assert set(allowed_host_names("127.0.0.1", "127.0.0.1")) == {"127.0.0.1", "localhost", "[::1]"}
     assert "photos.lan" in allowed_host_names("127.0.0.1", "127.0.0.1", ["Photos.LAN"])
@@ -266,7 +267,7 @@ def closed_within(s: socket.socket, seconds: float) -> bool:
 def test_slow_heads_and_stalled_bodies_time_out(indexed):
     """A real uvicorn server (in a thread, loopback) with 1-second guards: a head that does not end,
     a body that stops, a connection that sends nothing are all closed; a normal request is answered."""
-    from zoo.serve.app import bind, make_server
+    from zoo.serve.server import bind, make_server
 
     _, index = indexed
     svc = SearchService(load_index(index), index)

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from shapes import make_shapes  # noqa: E402
 from conftest import TINY  # noqa: E402
 from zoo.index.core import load_index  # noqa: E402
-from zoo.serve.app import STATIC, SearchService, create_app  # noqa: E402
+from zoo.serve.app import STATIC, create_app  # noqa: E402
+from zoo.serve.service import SearchService  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_oversized_upload_is_413(client, service):
 
 def test_oversized_body_is_refused_before_parsing(service):
     app = create_app(service)
-    from zoo.serve.app import BodyLimit
+    from zoo.serve.guard import BodyLimit
 
     with TestClient(BodyLimit(app, max_bytes=10_000)) as c:
         r = c.post("/api/search", files={"file": ("x.png", b"\0" * 20_000, "image/png")})
@@ -313,7 +314,7 @@ def test_served_over_http_with_token_from_env(indexed):
     """The real server process: loopback, token from ZOO_TOKEN, keep-alive answers without delay."""
     import http.client
 
-    from zoo.serve.app import spawn_server
+    from zoo.serve.server import spawn_server
 
     images, index = indexed
     proc, url = spawn_server(index, env={"ZOO_TOKEN": "from-env"})
@@ -339,7 +340,7 @@ def test_served_over_http_with_token_from_env(indexed):
 def test_bound_socket_listens_without_nagle():
     """Listening before the address is printed (no refused connections), and TCP_NODELAY, which
     accepted sockets inherit: without it each keep-alive response waits ~40 ms for a delayed ACK."""
-    from zoo.serve.app import bind
+    from zoo.serve.server import bind
 
     sock = bind("127.0.0.1", 0)
     try:

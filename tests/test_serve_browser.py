@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed 
 @pytest.fixture
 def server(tmp_path):
     from zoo.cli.main import main
-    from zoo.serve.app import spawn_server
+    from zoo.serve.server import spawn_server
 
     images = make_shapes(tmp_path / "shapes", per_class=3, seed=1, shapes=("circle", "square", "triangle"))
     index = tmp_path / "shapes.index"

@@ -237,7 +237,7 @@ class ZooTrainer(L.Trainer):
                 without them only its own addresses and, on loopback, localhost are answered.
             max_pixels: largest image an upload may decode to (a JPEG after its draft reduction); larger ones get 413.
         """
-        from zoo.serve.app import run_server  # fastapi and uvicorn, only for serving
+        from zoo.serve.server import run_server  # fastapi and uvicorn, only for serving
 
         run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb,
                    threads=threads, allowed_hosts=allowed_hosts or (), max_pixels=max_pixels)
