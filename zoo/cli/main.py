@@ -31,7 +31,8 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from zoo.cli.help import DESCRIPTION, FULL_HELP, ZooArgumentParser
 from zoo.data.datamodule import ZooDataModule
 from zoo.dedup.compare import run_compare
-from zoo.dedup.duplicates import run_duplicates, undo_quarantine
+from zoo.dedup.duplicates import run_duplicates
+from zoo.dedup.quarantine import undo_quarantine
 from zoo.embed.progress import StderrProgressBar
 from zoo.embed.runner import inference_precision
 from zoo.errors import ZooError
