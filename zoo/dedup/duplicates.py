@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from zoo.data.images import scan_folder
-from zoo.dedup.background import background_similarity, background_vectors, normalised_pairs
+from zoo.dedup.background import background_pairs, background_similarity, background_vectors
 from zoo.dedup.exact import exact_groups
 from zoo.dedup.groups import group_similarity_range, make_groups
 from zoo.dedup.pairsearch import check_search_options, find_pairs
@@ -38,7 +38,7 @@ def near_groups(vectors: np.ndarray, paths: list[str], threshold: float, search:
     or None, search summary). With ``background_sims`` (each vector's k-th nearest background
     similarity) pairs are scored against the background set, by exact search."""
     if background_sims is not None:
-        pairs, sims = normalised_pairs(vectors, background_sims, threshold)
+        pairs, sims = background_pairs(vectors, background_sims, threshold)
         pairs, sims = np.asarray(pairs, np.int64).reshape(-1, 2), np.asarray(sims, np.float32)
         nearest = None
         search_info = {"method": "exact, normalised against a background set", "grouping": grouping}
