@@ -29,7 +29,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 import zoo
 from zoo.data.images import Record, load_image, scan_folder
-from zoo.dedup.duplicates import connected_components
+from zoo.dedup.groups import connected_components
 from zoo.dedup.pairsearch import similar_pairs
 from zoo.embed.runner import embed
 from zoo.evaluate.resources import PeakMemory

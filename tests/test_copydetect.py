@@ -294,7 +294,7 @@ def test_training_validates_the_start_and_keeps_it_when_epochs_are_no_better(tmp
 
 # ---- background score normalisation ------------------------------------------------------
 def test_background_normalisation_on_constructed_vectors():
-    from zoo.dedup.background import background_similarity, normalised_pairs
+    from zoo.dedup.background import background_pairs, background_similarity
 
     angle = lambda deg: [math.cos(math.radians(deg)), math.sin(math.radians(deg))]  # noqa: E731
     vectors = np.array([angle(0), angle(10), angle(90), angle(95)], np.float32)
@@ -302,7 +302,7 @@ def test_background_normalisation_on_constructed_vectors():
     bg = background_similarity(vectors, background, k=2)
     # the 2nd nearest background vector: 0 deg -> -80 (80 deg) is 1st, 100 is 2nd
     assert np.allclose(bg, [math.cos(math.radians(a)) for a in (100, 90, 20, 15)], atol=1e-6)
-    pairs, scores = normalised_pairs(vectors, bg, threshold=0.5)
+    pairs, scores = background_pairs(vectors, bg, threshold=0.5)
     raw = {(0, 1): math.cos(math.radians(10)), (2, 3): math.cos(math.radians(5))}
     expected = {p: raw[p] - (bg[p[0]] + bg[p[1]]) / 2 for p in raw}
     assert expected[(0, 1)] > 0.5 > expected[(2, 3)]  # the pair in a crowded region drops out

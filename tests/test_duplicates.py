@@ -4,7 +4,8 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from zoo.dedup.duplicates import connected_components, exact_groups
+from zoo.dedup.exact import exact_groups
+from zoo.dedup.groups import connected_components
 from zoo.dedup.pairsearch import similar_pairs
 from conftest import TINY
 

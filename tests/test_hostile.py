@@ -164,7 +164,7 @@ def test_overwrite_never_replaces_user_folders(shapes_dir, tmp_path, zoo_cli):
 
 # ---- 5-6: quarantine keeps one of every group; undo trusts nothing ------------------------------
 def test_quarantine_same_names_overlapping_groups_and_undo(tmp_path, zoo_cli):
-    from zoo.dedup.duplicates import components, quarantine, undo_quarantine
+    from zoo.dedup.quarantine import components, quarantine, undo_quarantine
 
     photos = tmp_path / "photos"
     rng = np.random.default_rng(0)
@@ -188,7 +188,7 @@ def test_quarantine_same_names_overlapping_groups_and_undo(tmp_path, zoo_cli):
 
 
 def test_edited_manifest_moves_nothing_outside(tmp_path, zoo_cli):
-    from zoo.dedup.duplicates import quarantine
+    from zoo.dedup.quarantine import quarantine
 
     photos, etc = tmp_path / "photos", tmp_path / "etc-copy"
     save(Image.new("RGB", (8, 8), (1, 2, 3)), photos / "a.png")
@@ -230,7 +230,7 @@ def test_index_duplicates_move_only_files_under_the_indexed_root(shapes_dir, tmp
     manifest = json.loads(next((tmp_path / "q").glob("manifest-*.json")).read_text())
     assert outside.exists() and str(outside) not in [m["from"] for m in manifest["moves"]]
     # the same group where the file outside is not the one to keep: it is named, and stays
-    from zoo.dedup.duplicates import quarantine
+    from zoo.dedup.quarantine import quarantine
 
     big = save(Image.open(outside).resize((96, 96)), shapes_dir / "big.png")
     manifest = quarantine([[str(big), str(outside)]], tmp_path / "q2", shapes_dir)

@@ -11,7 +11,8 @@ import lightning as L
 
 from zoo.cli.options import LOADER_OPTIONS, MODEL_OPTIONS, command
 from zoo.dedup.compare import run_compare
-from zoo.dedup.duplicates import run_duplicates, undo_quarantine
+from zoo.dedup.duplicates import run_duplicates
+from zoo.dedup.quarantine import undo_quarantine
 from zoo.errors import ZooError
 from zoo.evaluate.benchmark import Architecture, run_benchmark
 from zoo.evaluate.calibration import calibrated_threshold, run_calibrate

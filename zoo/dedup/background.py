@@ -1,4 +1,5 @@
-"""Score normalisation against a background set, as in copy-detection benchmarks (DISC21).
+"""Background-set scores, as in copy-detection benchmarks (DISC21, SSCD): a pair's cosine
+similarity minus how similar its two images are to a set of unrelated background images.
 
 Some images look like many others (plates of one dish, sky, text): their raw similarities
 are high to everything. Subtracting how similar an image is to its k-th nearest neighbour in
@@ -18,41 +19,35 @@ import faiss
 import numpy as np
 
 from zoo.data.images import scan_folder
-from zoo.dedup.pairsearch import similar_pairs
+from zoo.dedup.pairsearch import similar_pairs, unit_rows
 from zoo.embed.runner import embed
 from zoo.errors import ZooError
 from zoo.index.core import load_index
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32).copy()
-    faiss.normalize_L2(x)
-    return x
 
 
 def background_similarity(vectors: np.ndarray, background: np.ndarray, k: int = 10) -> np.ndarray:
     """(N,) cosine similarity of each of ``vectors`` (N, D) to its k-th nearest of ``background`` (M, D)."""
     if len(background) < k:
         raise ZooError(f"the background set holds {len(background)} images; --background_k {k} needs at least {k}")
-    bg = _unit(background)
+    bg = unit_rows(background)
     index = faiss.IndexFlatIP(bg.shape[1])
     index.add(bg)
-    sims, _ = index.search(_unit(vectors), k)  # (N, k), best first
+    sims, _ = index.search(unit_rows(vectors), k)  # (N, k), best first
     return sims[:, k - 1]
 
 
-def normalised_scores(sims: np.ndarray, pairs: np.ndarray, bg: np.ndarray) -> np.ndarray:
-    """score of each pair (P, 2) with raw similarities (P,): sim - (bg[a] + bg[b]) / 2."""
+def background_scores(sims: np.ndarray, pairs: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Background score of each pair (P, 2) with raw similarities (P,): sim - (bg[a] + bg[b]) / 2."""
     return sims - (bg[pairs[:, 0]] + bg[pairs[:, 1]]) / 2
 
 
-def normalised_pairs(vectors: np.ndarray, bg: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs i < j with normalised score >= ``threshold``: (pairs (P, 2), scores (P,)).
+def background_pairs(vectors: np.ndarray, bg: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs i < j with background score >= ``threshold``: (pairs (P, 2), scores (P,)).
 
     A pair's score is at most its raw similarity minus the smallest bg, so a range search at
     ``threshold + bg.min()`` finds every candidate."""
     pairs, sims = similar_pairs(vectors, min(threshold + float(bg.min()), 1.0))
-    scores = normalised_scores(sims, pairs, bg)
+    scores = background_scores(sims, pairs, bg)
     keep = scores >= threshold
     return pairs[keep], scores[keep].astype(np.float32)
 

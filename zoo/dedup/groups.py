@@ -32,6 +32,11 @@ def component_groups(n: int, pairs: np.ndarray) -> list[np.ndarray]:
     return sorted(groups, key=lambda m: m[0])
 
 
+def connected_components(n: int, pairs: np.ndarray) -> list[list[int]]:
+    """:func:`component_groups` of any (P, 2) pairs, as lists of ints."""
+    return [g.tolist() for g in component_groups(n, np.asarray(pairs, np.int64).reshape(-1, 2))]
+
+
 def star_groups(n: int, pairs: np.ndarray, sims: Optional[np.ndarray] = None) -> list[np.ndarray]:
     """Groups in which every member is within the threshold of the group's centre (first member).
 

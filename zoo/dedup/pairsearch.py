@@ -71,7 +71,7 @@ class PairSearch:
 # ---- vectors ------------------------------------------------------------------------------------
 def unit_rows(vectors: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """float32 C-contiguous rows of unit length: ``vectors`` itself when it already is that,
-    else one normalised copy (zero rows stay zero)."""
+    else one copy scaled to unit length (zero rows stay zero)."""
     x = vectors
     if x.dtype == np.float32 and x.flags.c_contiguous and x.ndim == 2:
         ok = all(np.allclose(np.einsum("ij,ij->i", x[s:s + chunk], x[s:s + chunk]), 1.0, atol=1e-4)

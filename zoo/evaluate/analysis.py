@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from zoo.dedup.duplicates import connected_components
+from zoo.dedup.groups import connected_components
 from zoo.dedup.pairsearch import similar_pairs
 
 BOOTSTRAP_RESAMPLES = 1000
