@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.augment import Spec, build_augmentation, resolve_spec
+from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import ImageDataset, Record, collate, scan_folder
 from zoo.errors import ZooError
 
@@ -103,9 +104,9 @@ class ZooDataModule(L.LightningDataModule):
         self,
         root: Optional[str] = None,
         val_fraction: float = 0.2,
-        batch_size: int = 32,
+        batch_size: int = BATCH_SIZE,
         samples_per_class: int = 4,
-        num_workers: int = 2,
+        num_workers: int = NUM_WORKERS,
         use_labels: bool = True,
         augmentations: Union[str, list[dict[str, Any]]] = "default",
         val_augmentations: Union[str, list[dict[str, Any]]] = "copyset",

@@ -18,6 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import scan_folder
 from zoo.dedup.pairsearch import similar_pairs, unit_rows
 from zoo.embed.runner import embed
@@ -52,7 +53,7 @@ def background_pairs(vectors: np.ndarray, bg: np.ndarray, threshold: float) -> t
     return pairs[keep], scores[keep].astype(np.float32)
 
 
-def background_vectors(source: str, model=None, trainer=None, batch_size: int = 32, num_workers: int = 0,
+def background_vectors(source: str, model=None, trainer=None, batch_size: int = BATCH_SIZE, num_workers: int = NUM_WORKERS,
                        expect: tuple[str, str] | None = None) -> np.ndarray:
     """Background vectors from a zoo index (its stored vectors; it must come from the same
     model) or a folder of images (embedded with ``model``)."""

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import records_from
 from zoo.embed.runner import embed, require_some
 from zoo.errors import ZooError
@@ -26,7 +27,7 @@ def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
 
 
 def run_compare(model, images: Sequence[str], matrix: Optional[str] = None, overwrite: bool = False,
-                trainer=None, batch_size: int = 32, num_workers: int = 0) -> np.ndarray:
+                trainer=None, batch_size: int = BATCH_SIZE, num_workers: int = NUM_WORKERS) -> np.ndarray:
     records = records_from(images)
     if matrix is None and len(records) < 2:
         raise ZooError("compare needs at least two images")

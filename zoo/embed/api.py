@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import records_from
 from zoo.embed.quiet import quiet_lightning
 from zoo.embed.runner import default_trainer, embed
@@ -29,8 +30,8 @@ def embed_images(
     *,
     backbone: str = "resnet50",
     checkpoint: Optional[str] = None,
-    batch_size: int = 32,
-    num_workers: int = 0,
+    batch_size: int = BATCH_SIZE,
+    num_workers: int = NUM_WORKERS,
     progress: bool = False,
     paths: bool = False,
 ):

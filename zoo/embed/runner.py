@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from zoo.data.decode import resolve_decode
+from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import ImageDataset, Record, collate
 from zoo.data.transforms import draft_size, pixel_transform
 from zoo.embed.progress import StderrProgressBar
@@ -124,8 +125,8 @@ def embed(
     model: ZooModel,
     records: Sequence[Record],
     trainer: Optional[L.Trainer] = None,
-    batch_size: int = 32,
-    num_workers: int = 0,
+    batch_size: int = BATCH_SIZE,
+    num_workers: int = NUM_WORKERS,
     report: bool = True,
     decode: str = "auto",
 ) -> Embeddings:

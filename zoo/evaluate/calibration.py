@@ -28,6 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 from zoo.data.augment import make_copy, resolve_spec
+from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import Record, load_image, scan_folder
 from zoo.embed.runner import embed
 from zoo.errors import ZooError
@@ -133,7 +134,7 @@ def synthetic_copies(records, edits: Any, copies: int, seed: int, folder: Path) 
 
 def run_calibrate(model, images: str, sample: int = 200, precision: float = 0.95, edits: Any = "copyset",
                   copies: int = 1, calibration: str = DEFAULT_FILE, plot: Optional[str] = None, seed: int = 0,
-                  overwrite: bool = False, trainer=None, batch_size: int = 32, num_workers: int = 0) -> dict:
+                  overwrite: bool = False, trainer=None, batch_size: int = BATCH_SIZE, num_workers: int = NUM_WORKERS) -> dict:
     if not 0.0 < precision < 1.0:
         raise ZooError(f"--precision {precision}: a target precision in (0, 1) is expected")
     if sample < 2 or copies < 1:

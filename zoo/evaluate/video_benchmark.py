@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import Record, records_from
 from zoo.embed.runner import embed
 from zoo.errors import ZooError
@@ -175,7 +176,7 @@ def evaluate_video(arch, frames: list[Record], examples: list[tuple[Record, int]
 def run_video_benchmark(archs: Sequence, video: str, query: Optional[str], window: int = 5, k: int = 10,
                         out: str = "benchmark-results", overwrite: bool = False, samples: int = 3,
                         use_wandb: bool = False, wandb_project: str = "zoo", trainer: Optional[L.Trainer] = None,
-                        batch_size: int = 32, num_workers: int = 2, make: int = 0, seed: int = 0,
+                        batch_size: int = BATCH_SIZE, num_workers: int = NUM_WORKERS, make: int = 0, seed: int = 0,
                         images: Optional[str] = None, gallery: Optional[str] = None) -> list[dict]:
     """``zoo benchmark --video``: every frame of ``video`` is the gallery, the ``query``
     examples (truth.csv: file,frame) search it; ``images`` and ``gallery`` belong to the image
