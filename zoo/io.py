@@ -115,6 +115,27 @@ def open_regular(path: str | Path, dir_fd: Optional[int] = None, follow_links: b
         raise
 
 
+
+MAX_JSON_BYTES = 256 << 20  # the largest JSON file zoo reads (a groups.json of millions of groups fits)
+
+
+def read_json(path: str | Path, what: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The JSON value in the regular file ``path``: the one reader of every JSON file a user may be
+    handed. Not a regular file, larger than ``max_bytes``, not UTF-8, not JSON, or nested too
+    deep: a one-line ZooError naming ``what`` the file should have been. A missing file raises
+    FileNotFoundError for the caller to word."""
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise ValueError(f"{size} bytes, more than the {max_bytes} a {what} may have")
+            return json.loads(f.read(max_bytes + 1).decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError, OSError) as e:
+        reason = "nested too deep" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
+        raise ZooError(f"{path} is not {what} ({reason})") from None
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20, **how) -> str:
     """The SHA-256 of a regular file's bytes (ValueError for anything else); ``how``: open_regular's."""
     h = hashlib.sha256()

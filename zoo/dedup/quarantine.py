@@ -31,7 +31,7 @@ import numpy as np
 
 from zoo.dedup.groups import connected_components
 from zoo.errors import ZooError
-from zoo.io import check_writable_dir, open_regular, sha256_file, write_json
+from zoo.io import check_writable_dir, open_regular, read_json, sha256_file, write_json
 
 
 # ---- the signing key and the manifest ------------------------------------------------------
@@ -92,11 +92,10 @@ def check_quarantine_target(dest: Path, root: Path) -> None:
 
 def read_manifest(manifest: Path) -> tuple[Path, str, list[dict]]:
     """(root, batch, moves) of a manifest this user's zoo signed; a ZooError for anything else."""
+    data = read_json(manifest, "a zoo quarantine manifest")
     try:
-        with open_regular(manifest) as f:
-            data = json.loads(f.read())
         body = {k: v for k, v in data.items() if k != "signature"}
-    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError) as e:
+    except AttributeError as e:
         raise ZooError(f"{manifest} is not a zoo quarantine manifest ({str(e)[:200]})") from None
     key = quarantine_key()
     if key is None or not isinstance(data.get("signature"), str) or not hmac.compare_digest(

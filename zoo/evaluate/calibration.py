@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import random
 import sys
 import tempfile
@@ -33,7 +32,13 @@ from zoo.data.images import Record, load_image, scan_folder
 from zoo.embed.runner import embed
 from zoo.errors import ZooError
 from zoo.index.core import load_index
-from zoo.io import atomic_path, file_lock, open_regular, refuse_overwrite, write_json
+from zoo.io import (
+    atomic_path,
+    file_lock,
+    read_json,
+    refuse_overwrite,
+    write_json,
+)
 from zoo.metrics.pairs import pair_scores, pr_curve, threshold_for_precision
 
 DEFAULT_FILE = "zoo-calibration.json"
@@ -48,15 +53,14 @@ def read_calibration(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         return {"version": 1, "models": {}}
+    data = read_json(path, "a zoo calibration file")
     try:
-        with open_regular(path) as f:
-            data = json.loads(f.read())
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
             raise ValueError("no 'models' object")
         bad = next((k for k, v in data["models"].items() if not isinstance(v, dict)), None)
         if bad is not None:
             raise ValueError(f"the entry of {bad[:80]!r} is not an object")
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+    except ValueError as e:
         raise ZooError(f"{path} is not a zoo calibration file ({str(e)[:200]})") from None
     return data
 

@@ -6,7 +6,6 @@ written to ``OUT.json`` beside it, with the model's identity.
 """
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -14,8 +13,9 @@ from typing import Optional
 
 import torch
 
+from zoo.backbones.timm_backbone import check_data_config
 from zoo.errors import ZooError
-from zoo.io import atomic_path, refuse_overwrite, write_json
+from zoo.io import atomic_path, read_json, refuse_overwrite, write_json
 from zoo.model.identity import model_identity
 from zoo.version import __version__
 
@@ -106,9 +106,14 @@ def preprocess_transform(info: dict | str | Path):
     """The eval transform of an exported model, from its JSON (PIL image -> (3, H, W) tensor)."""
     import timm
 
+    where = "the export's preprocessing"
     if not isinstance(info, dict):
-        info = json.loads(Path(info).read_text())
-    pre = info["preprocessing"]
+        where = f"{info}: preprocessing"
+        info = read_json(info, "the JSON of a zoo export")
+    pre = check_data_config(info.get("preprocessing") if isinstance(info, dict) else None, where)
+    missing = [k for k in ("input_size", "interpolation", "mean", "std", "crop_pct") if k not in pre]
+    if missing:
+        raise ZooError(f"{where} lacks {', '.join(missing)}")
     return timm.data.create_transform(input_size=tuple(pre["input_size"]), interpolation=pre["interpolation"],
                                       mean=tuple(pre["mean"]), std=tuple(pre["std"]), crop_pct=pre["crop_pct"],
                                       crop_mode=pre.get("crop_mode") or "center", is_training=False)

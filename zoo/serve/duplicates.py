@@ -3,12 +3,12 @@ then each path mapped to its item id in the index (one query for all of them), s
 show the groups with thumbnails by id."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 from zoo.errors import ZooError
 from zoo.index.core import ZooIndex
+from zoo.io import read_json
 
 
 def duplicates_problem(data) -> Optional[str]:
@@ -41,11 +41,9 @@ def load_duplicates(path: str | Path, index: ZooIndex) -> dict:
     if path.is_dir():
         path = path / "groups.json"
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path, "a `zoo duplicates` groups.json")
     except FileNotFoundError:
         raise ZooError(f"no such duplicates result: {path} (made by `zoo duplicates --out DIR`)") from None
-    except (ValueError, UnicodeDecodeError, OSError) as e:
-        raise ZooError(f"{path} is not a `zoo duplicates` groups.json ({' '.join(str(e).split())[:100]})") from None
     problem = duplicates_problem(data)
     if problem:
         raise ZooError(f"{path} is not a `zoo duplicates` groups.json ({problem})")
