@@ -41,7 +41,8 @@ from zoo.evaluate.video_benchmark import run_video_benchmark
 from zoo.index.core import build_index, check_k, load_index
 from zoo.io import refuse_overwrite
 from zoo.model.listing import list_registered
-from zoo.model.module import ZooModel, load_model, model_config
+from zoo.model.module import ZooModel, model_config
+from zoo.model.restore import load_model
 from zoo.model.start_validation import StartValidation
 
 

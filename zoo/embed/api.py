@@ -20,7 +20,8 @@ import numpy as np
 from zoo.data.images import records_from
 from zoo.embed.runner import default_trainer, embed
 from zoo.errors import ZooError
-from zoo.model.module import ZooModel, load_model
+from zoo.model.module import ZooModel
+from zoo.model.restore import load_model
 
 PathLike = Union[str, os.PathLike]
 

@@ -40,6 +40,7 @@ from zoo.index.store import ItemStore, file_state, resolve_item_path
 from zoo.index.vectors import all_vectors, stored_ids, vectors_by_id
 from zoo.model.identity import model_identity
 from zoo.model.module import ZooModel
+from zoo.model.restore import restore_model
 from zoo.version import __version__
 
 META_KEYS = ("model", "factory", "root", "count", "dim")
@@ -358,7 +359,9 @@ class ZooIndex:
             )
 
     def model(self):
-        """The model that built this index, rebuilt from its identity and the index's own files."""
+        """The model that built this index, rebuilt (zoo.model.restore) from its recorded
+        hparams and recipe and the index's own weights: never from a path in the metadata, so an
+        edited meta.json cannot make zoo read another file."""
         if self._model is None:
             m = self.meta["model"]
             own = self.folder / "model.safetensors" if self.folder is not None and m.get("own_weights") else None
@@ -366,26 +369,9 @@ class ZooIndex:
                 raise ZooError(f"{self.folder}: the index records weights '{m['weights']}' but holds no copy of them; rebuild the index")
             if not isinstance(m["hparams"], dict) or not isinstance(m["recipe"], dict):
                 raise ZooError(f"{self.folder}: meta.json is damaged (model hparams/recipe); rebuild the index")
-            # weights come from the index's own copy, a hub tag or a seed: never from a path in
-            # the metadata, so an edited meta.json cannot make zoo read another file
-            hp = {**m["hparams"], "weights": None}
+            model = restore_model(m["hparams"], m["recipe"], own, source=str(self.folder))
             if own is not None:
-                hp["pretrained"] = False
-            try:
-                model = ZooModel(**hp)
-                model.configure_model(load_weights=own is None, recipe=m["recipe"])
-            except Exception as e:  # meta.json is hostile: whatever it holds, one line
-                reason = " ".join(str(e).split())[:600] or type(e).__name__
-                raise ZooError(f"{self.folder}: the recorded model cannot be built ({reason})") from None
-            if own is not None:
-                from safetensors.torch import load_file
-
-                try:
-                    model.load_state_dict(load_file(str(own)), strict=True)
-                except Exception as e:
-                    raise ZooError(f"{own} does not hold this index's model ({' '.join(str(e).split())[:120]})") from None
                 model.restored_weights_id = m["weights"]
-            model.eval()
             self.check_model(model)  # e.g. hub weights that changed since
             self._model = model
         return self._model
