@@ -38,7 +38,8 @@ from zoo.errors import ZooError
 from zoo.evaluate.benchmark import Architecture, run_benchmark
 from zoo.evaluate.calibration import calibrated_threshold, run_calibrate
 from zoo.evaluate.video_benchmark import run_video_benchmark
-from zoo.index.core import build_index, check_k, load_index
+from zoo.index.build import build_index
+from zoo.index.core import check_k, load_index
 from zoo.io import refuse_overwrite
 from zoo.model.listing import list_registered
 from zoo.model.module import ZooModel, model_config
