@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback
 import zoo
 from zoo.embed.runner import default_trainer
 from zoo.errors import ZooError
-from zoo.index.core import new_faiss_index
+from zoo.index.factory import new_faiss_index
 from zoo.model.module import model_config
 from test_hostile import FAST, MODEL, evil_file, fast_model, one_error, version_dir
 

@@ -120,7 +120,7 @@ class StubModel:
 
 
 def test_auto_factory_by_size_and_memory():
-    from zoo.index.core import auto_factory
+    from zoo.index.factory import auto_factory
 
     gb = 1 << 30
     assert auto_factory(49_999, 2048, 24 * gb) == "Flat"

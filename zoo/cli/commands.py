@@ -19,7 +19,8 @@ from zoo.evaluate.calibration import calibrated_threshold, run_calibrate
 from zoo.evaluate.video_benchmark import run_video_benchmark
 from zoo.index.command import run_index, run_search
 from zoo.model.listing import list_registered
-from zoo.model.module import ZooModel, load_model, model_config
+from zoo.model.module import ZooModel, model_config
+from zoo.model.restore import load_model
 
 
 def resolve_model(model: ZooModel, backbone: Optional[str] = None, checkpoint: Optional[str] = None) -> ZooModel:

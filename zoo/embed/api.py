@@ -19,7 +19,8 @@ from zoo.data.images import records_from
 from zoo.embed.quiet import quiet_lightning
 from zoo.embed.runner import default_trainer, embed
 from zoo.errors import ZooError
-from zoo.model.module import ZooModel, load_model
+from zoo.model.module import ZooModel
+from zoo.model.restore import load_model
 
 PathLike = Union[str, os.PathLike]
 

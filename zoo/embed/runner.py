@@ -4,7 +4,7 @@ Devices, precision and multi-device runs come from the Trainer's flags. Loader w
 over uint8 pixels (or JPEG bytes, decoded on the device: zoo.decode) and the model normalises
 them on its device. ``embed`` keeps the embeddings in memory (every rank's part merged in
 record order: for queries and benchmarks); ``zoo.index.shards.embed_to_shards`` streams them to disk, each rank
-its own shards (zoo.shards: for indexes of any size).
+its own shards (zoo.index.shards: for indexes of any size).
 """
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ from zoo.evaluate.resources import PeakMemory, timer
 from zoo.index.core import Hit, ZooIndex
 from zoo.io import write_json, write_rows, write_text
 from zoo.metrics.retrieval import KS, per_class, retrieval_metrics
-from zoo.model.module import ZooModel, load_model, model_config
+from zoo.model.module import ZooModel, model_config
+from zoo.model.restore import load_model
 from zoo.version import __version__
 
 TABLE_COLUMNS = ["architecture", "weights", "hit@1", "hit@1 95% CI", "hit@10", "p@10", "map", "map 95% CI", "map@r", "img_per_s"]

@@ -7,7 +7,8 @@ import sys
 from typing import Optional, Sequence
 
 from zoo.errors import ZooError
-from zoo.index.core import build_index, check_k, load_index
+from zoo.index.build import build_index
+from zoo.index.core import check_k, load_index
 from zoo.io import refuse_overwrite
 
 

@@ -4,7 +4,7 @@
       ZOO_INDEX.json     {"kind": "zoo-index", "format": 2, "current": "v-000002"}
       v-000002/          index.faiss, items.sqlite, meta.json[, model.safetensors]
       .lock              held while a process writes (zoo.io.file_lock)
-      .embed-<key>/      embeddings of a run in progress, or of one that stopped (zoo.shards)
+      .embed-<key>/      embeddings of a run in progress, or of one that stopped (zoo.index.shards)
 
 A new version is written to a temporary folder, fsynced and renamed to ``v-N``; then
 ``ZOO_INDEX.json`` is replaced in one ``os.replace``. A crash at any point leaves the marker
@@ -32,7 +32,7 @@ LOCK = ".lock"
 FORMAT = 2
 _VERSION = re.compile(r"^v-\d{6}$")
 _TEMP = re.compile(r"^\.tmp-[0-9a-f]{32}$")
-WORK = re.compile(r"^\.embed-[0-9a-f]{24}$")  # zoo.shards
+WORK = re.compile(r"^\.embed-[0-9a-f]{24}$")  # zoo.index.shards
 
 
 def read_marker(path: Path) -> dict:

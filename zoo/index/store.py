@@ -71,6 +71,13 @@ def resolve_item_path(root: str | Path, stored: str) -> Path:
     return real
 
 
+def common_root(paths: Sequence[str]) -> Path:
+    """The deepest folder that holds every one of the files ``paths`` (absolute): the root of a
+    new index, which item paths are relative to; the working directory if there are none."""
+    folders = {os.path.dirname(p) for p in paths}
+    return Path(os.path.commonpath(sorted(folders))) if folders else Path.cwd()
+
+
 class ItemStore:
     """Rows of ``items`` and ``skipped`` in one SQLite database (a file, or in memory)."""
 

@@ -1,5 +1,7 @@
 """The embedding model: a timm backbone and a head in one LightningModule (ZooModel), how a
-trained one is restored (load_model), its weights, export and the registry listing."""
-from zoo.model.module import ZooModel, load_model, model_config
+saved one is rebuilt (restore_model; load_model for a checkpoint), its weights, export and the
+registry listing."""
+from zoo.model.module import ZooModel, model_config
+from zoo.model.restore import load_model, restore_model
 
-__all__ = ["ZooModel", "load_model", "model_config"]
+__all__ = ["ZooModel", "load_model", "model_config", "restore_model"]

@@ -25,7 +25,6 @@ from zoo.data.images import load_image
 from zoo.data.transforms import draft_size, pixel_transform
 from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
-from zoo.io import sha256_file
 from zoo.metrics.pairs import pair_summary
 from zoo.metrics.retrieval import RetrievalMetrics
 from zoo.registry import HEADS
@@ -146,9 +145,14 @@ class ZooModel(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # the checkpoint holds every weight and how to build the networks: read nothing else
         self.configure_model(load_weights=False, recipe=checkpoint.get("zoo_recipe"))
-        self._base_weights_id = checkpoint.get("zoo_weights_id")
-        if self.backbone is not None:  # built without weights: decide by the weights it was trained from
-            self._set_norm_stats(str(self._base_weights_id))
+        self.set_trained_from(checkpoint.get("zoo_weights_id"))
+
+    def set_trained_from(self, weights_id: Optional[str]) -> None:
+        """A checkpoint's model: record the weights it was trained from (part of its weights_id);
+        built without weights, its batch-norm statistics are decided by those."""
+        self._base_weights_id = weights_id
+        if self.backbone is not None:
+            self._set_norm_stats(str(weights_id))
 
     def _set_norm_stats(self, weights_id: str) -> None:
         """freeze_norm_stats, or by default: keep batch-norm statistics unless random init."""
@@ -200,7 +204,7 @@ class ZooModel(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 pixels are normalised here, on the model's device (a quarter of the bytes of
-        float32 cross from the loader workers); JPEG bytes are decoded here first (zoo.decode)."""
+        float32 cross from the loader workers); JPEG bytes are decoded here first (zoo.data.decode)."""
         if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
             if "jpeg" in batch:
                 batch = self._decode_jpegs(batch)
@@ -287,7 +291,7 @@ class ZooModel(L.LightningModule):
         self.log("val/p@10", summary["p@10"])
         self.log("val/map", summary["map"], prog_bar=True)
         emb, labels = self.last_validation["embeddings"], self.last_validation["labels"]
-        if 2 <= len(emb) <= 4000:  # every pair: copy detection's precision/recall (zoo.pairs)
+        if 2 <= len(emb) <= 4000:  # every pair: copy detection's precision/recall (zoo.metrics.pairs)
             pairs = pair_summary(emb, labels, precision=0.95)
             if pairs["pair_ap"] == pairs["pair_ap"]:  # some positive pair
                 self.log("val/pair_ap", pairs["pair_ap"], prog_bar=True)
@@ -314,33 +318,3 @@ def model_config(hparams: dict) -> dict:
     names = set(inspect.signature(ZooModel.__init__).parameters) - {"self"}
     return {k: v for k, v in dict(hparams).items() if k in names}
 
-
-def load_model(checkpoint: str) -> ZooModel:
-    """A trained ZooModel from a Lightning checkpoint, ready to embed (eval mode).
-
-    The file is read with ``weights_only=True``: tensors and plain values only, so a crafted
-    checkpoint cannot run code; anything else is refused.
-    """
-    import pickle
-    from pathlib import Path
-
-    if not Path(checkpoint).is_file():
-        raise ZooError(f"checkpoint not found: {checkpoint}")
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("hyper_parameters"), dict) or "state_dict" not in ckpt:
-            raise ZooError(f"{checkpoint} is not a zoo checkpoint (no hyper_parameters/state_dict)")
-        model = ZooModel(**model_config(ckpt["hyper_parameters"]))
-        model.on_load_checkpoint(ckpt)  # builds the networks from the checkpoint's recipe: no other file is read
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except pickle.UnpicklingError:
-        raise ZooError(f"refusing to load {checkpoint}: it holds Python objects beyond tensors and plain values "
-                       "(loading it could run code); only zoo/Lightning checkpoints are accepted") from None
-    except ZooError:
-        raise
-    except Exception as e:  # truncated, not a checkpoint, or another model's
-        raise ZooError(f"cannot load checkpoint {checkpoint}: {' '.join(str(e).split())[:160] or type(e).__name__}") from None
-    model.checkpoint_path = str(checkpoint)  # names `zoo export`'s file, recorded by `zoo benchmark --wandb`
-    model.checkpoint_id = f"checkpoint:{Path(checkpoint).name} sha256:{sha256_file(checkpoint)[:16]}"
-    model.eval()
-    return model
