@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooError
-from zoo.io import sha256_file
+from zoo.io import read_json, sha256_file
 from zoo.registry import BACKBONES, register_backbone, unknown_name_message
 from zoo.weights import warn_loudly
 
@@ -234,10 +234,7 @@ def _sidecar(weights: Optional[str]) -> dict:
     side = Path(weights).with_suffix(".json")
     if not side.is_file():
         return {}
-    try:
-        data = json.loads(side.read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ZooError(f"{side} is not valid JSON ({' '.join(str(e).split())[:100]})") from None
+    data = read_json(side, "valid JSON", max_bytes=1 << 20)
     if not isinstance(data, dict):
         raise ZooError(f"{side} must hold a JSON object with model_kwargs and/or pretrained_cfg_overlay")
     if not isinstance(data.get("model_kwargs", {}), dict):

@@ -119,11 +119,12 @@ def open_regular(path: str | Path, dir_fd: Optional[int] = None, follow_links: b
 MAX_JSON_BYTES = 256 << 20  # the largest JSON file zoo reads (a groups.json of millions of groups fits)
 
 
-def read_json(path: str | Path, what: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
+def read_json(path: str | Path, what: str, max_bytes: int = MAX_JSON_BYTES,
+              error: str = "{path} is not {what} ({reason})") -> Any:
     """The JSON value in the regular file ``path``: the one reader of every JSON file a user may be
     handed. Not a regular file, larger than ``max_bytes``, not UTF-8, not JSON, or nested too
-    deep: a one-line ZooError naming ``what`` the file should have been. A missing file raises
-    FileNotFoundError for the caller to word."""
+    deep: a one-line ZooError, ``error`` filled with the path, ``what`` the file should have been
+    and the reason. A missing file raises FileNotFoundError for the caller to word."""
     try:
         with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
@@ -134,7 +135,7 @@ def read_json(path: str | Path, what: str, max_bytes: int = MAX_JSON_BYTES) -> A
         raise
     except (ValueError, UnicodeDecodeError, RecursionError, OSError) as e:
         reason = "nested too deep" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
-        raise ZooError(f"{path} is not {what} ({reason})") from None
+        raise ZooError(error.format(path=path, what=what, reason=reason)) from None
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20, **how) -> str:
     """The SHA-256 of a regular file's bytes (ValueError for anything else); ``how``: open_regular's."""

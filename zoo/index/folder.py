@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from zoo.errors import ZooError
-from zoo.io import check_writable_dir, file_lock, fsync_dir
+from zoo.io import check_writable_dir, file_lock, fsync_dir, read_json
 
 MARKER = "ZOO_INDEX.json"
 LOCK = ".lock"
@@ -42,10 +42,7 @@ def read_marker(path: Path) -> dict:
         if (path / "meta.json").is_file() and (path / "index.faiss").is_file():
             raise ZooError(f"{path} is an index of an older zoo (format 1); build a new one with `zoo index --images ROOT --out NEW`")
         raise ZooError(f"{path} is not a zoo index (expected a folder made by `zoo index`)")
-    try:
-        m = json.loads(marker.read_text())
-    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
-        raise ZooError(f"{marker} is damaged ({' '.join(str(e).split())[:100]}); rebuild the index") from None
+    m = read_json(marker, "a zoo index marker", max_bytes=1 << 16, error="{path} is damaged ({reason}); rebuild the index")
     if not isinstance(m, dict) or m.get("kind") != "zoo-index" or not _VERSION.match(str(m.get("current", ""))):
         raise ZooError(f"{marker} is damaged (not a zoo index marker); rebuild the index")
     if m.get("format") != FORMAT:

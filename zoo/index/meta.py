@@ -20,6 +20,7 @@ from zoo.errors import ZooError
 from zoo.index.factory import faiss_reason, has_item_ids
 from zoo.index.store import ItemStore
 from zoo.index.vectors import stored_ids
+from zoo.io import read_json
 from zoo.model.identity import model_identity
 from zoo.version import __version__
 
@@ -66,10 +67,7 @@ def check_same_model(recorded: dict, model) -> None:
 # ---- reading and checking ----------------------------------------------------------------------
 def read_meta(folder: Path, path: Path) -> dict:
     """meta.json of the version ``folder`` of the index at ``path``, checked (check_meta)."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
-        raise ZooError(f"{path}: meta.json is damaged ({' '.join(str(e).split())[:100]}); rebuild the index") from None
+    meta = read_json(folder / "meta.json", "meta.json", error=f"{path}: meta.json is damaged ({{reason}}); rebuild the index")
     check_meta(meta, path)
     return meta
 

@@ -32,7 +32,7 @@ from zoo.embed.runner import default_trainer, describe_run, make_loader
 from zoo.errors import ZooError
 from zoo.index.folder import WORK
 from zoo.index.store import file_state
-from zoo.io import atomic_path, write_json
+from zoo.io import atomic_path, read_json, write_json
 from zoo.model.module import ZooModel
 
 PREFIX = ".embed-"
@@ -121,9 +121,9 @@ class ShardJob:
         out: dict[int, str] = {}
         for s in self.shards():
             try:
-                rows = json.loads((self.folder / f"{s}.skipped.json").read_text())
+                rows = read_json(self.folder / f"{s}.skipped.json", "a list of skipped files")
                 pairs = [(int(pos), str(reason)) for pos, reason in rows]
-            except (ValueError, TypeError, OverflowError, OSError, UnicodeDecodeError, RecursionError):
+            except (ZooError, ValueError, TypeError, OverflowError, OSError):
                 raise self._damaged(f"{s}.skipped.json", "not a list of [position, reason]") from None
             for pos, reason in pairs:
                 if not 0 <= pos < self.n:
