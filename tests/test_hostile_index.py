@@ -11,22 +11,14 @@ import faiss
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 import zoo
 from zoo.embed.runner import default_trainer
 from zoo.errors import ZooError
 from zoo.index.factory import new_faiss_index
 from zoo.model.module import model_config
-from test_hostile import FAST, MODEL, evil_file, fast_model, one_error, version_dir
-
-
-@pytest.fixture
-def index_dir(shapes_dir, tmp_path, zoo_cli):
-    out = tmp_path / "shapes.index"
-    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *FAST)
-    assert code == 0, err
-    return out
+from test_hostile import FAST, MODEL, evil_file, fast_model, index_dir, one_error, version_dir  # noqa: F401
+from test_streaming import StopAt
 
 
 @pytest.fixture
@@ -122,15 +114,6 @@ def test_torch_that_unpickles_by_default_is_not_allowed():
 
 
 # ---- 10: shards and index files that disagree ----------------------------------------------------
-class StopAt(Callback):
-    """Fails the run at a given batch, as a crash would."""
-
-    def __init__(self, batch: int):
-        self.batch = batch
-
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if batch_idx == self.batch:
-            raise RuntimeError("simulated crash")
 
 
 def stopped_run(shapes_dir, out):

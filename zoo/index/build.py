@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import lightning as L
 
+from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import Record, records_from, scan_folder
 from zoo.embed.runner import embed, report_skipped
 from zoo.errors import ZooError
@@ -45,8 +46,8 @@ def build_index(
     overwrite: bool = False,
     update: bool = False,
     trainer: Optional[L.Trainer] = None,
-    batch_size: int = 32,
-    num_workers: int = 0,
+    batch_size: int = BATCH_SIZE,
+    num_workers: int = NUM_WORKERS,
     decode: str = "auto",
     shard_size: int = 4096,
     channels_last: Optional[bool] = None,

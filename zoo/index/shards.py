@@ -27,6 +27,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import Record
 from zoo.embed.runner import default_trainer, describe_run, make_loader
 from zoo.errors import ZooError
@@ -263,8 +264,8 @@ def embed_to_shards(
     records: Sequence[Record],
     job,
     trainer: Optional[L.Trainer] = None,
-    batch_size: int = 32,
-    num_workers: int = 0,
+    batch_size: int = BATCH_SIZE,
+    num_workers: int = NUM_WORKERS,
     decode: str = "auto",
     shard_rows: int = 4096,
     channels_last: Optional[bool] = None,
