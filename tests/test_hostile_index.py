@@ -156,7 +156,7 @@ def rewrite_faiss(index, factory: str = "Flat", shift: int = 0, drop: int = 0) -
     path = version_dir(index) / "index.faiss"
     old = faiss.read_index(str(path))
     ids = faiss.vector_to_array(old.id_map).astype(np.int64)
-    vectors = faiss.downcast_index(old.index).reconstruct_n(0, old.ntotal)
+    vectors = np.asarray(faiss.downcast_index(old.index).reconstruct_n(0, old.ntotal), np.float32)
     new = new_faiss_index(old.d, factory)
     new.train(vectors)
     keep = len(ids) - drop

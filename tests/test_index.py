@@ -186,3 +186,37 @@ def test_ivf_knobs_persist_and_remove_by_id(tmp_path):
         assert ix.item(3)["path"] == str(tmp_path / "3.png")
         with pytest.raises(ZooError, match="no item with id 0"):
             ix.item(0)
+
+
+def test_index_reads_numpy_vectors_after_faiss_torch_utils_is_imported(shapes_dir, tmp_path):
+    """pytorch-metric-learning's losses import faiss.contrib.torch_utils, which makes FAISS return
+    torch tensors for the rest of the process: an update that removes a file (vectors read back
+    and re-added) and the vector readers must still work, in a process where that happened."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import numpy as np
+import pytorch_metric_learning.losses  # patches faiss for the rest of the process
+import zoo
+from zoo.cli.main import main
+out = {str(tmp_path / "p.index")!r}
+model = ["--model.backbone", "timm/test_resnet", "--model.pretrained", "false", "--model.data_config",
+         "{{image_size: 32}}", "--num_workers", "0"]
+for factory in ("IVF2,Flat", "HNSW8"):
+    assert main(["index", "--images", {str(shapes_dir)!r}, "--out", out, "--factory", factory, "--overwrite", *model]) == 0
+    idx = zoo.load_index(out)
+    ids, vectors, _ = idx.vectors()
+    assert isinstance(vectors, np.ndarray) and vectors.shape == (12, idx.dim), type(vectors)
+    assert isinstance(idx.vectors_of(ids[:3]), np.ndarray)
+    gone = {str(shapes_dir / "circle" / "000.png")!r}
+    kept = open(gone, "rb").read()
+    import os; os.remove(gone)
+    assert main(["index", "--update", "--out", out, "--num_workers", "0"]) == 0
+    assert len(zoo.load_index(out)) == 11
+    open(gone, "wb").write(kept)
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from zoo.errors import ZooError
-from zoo.index.vectors import stored_ids
+from zoo.index.vectors import as_array, stored_ids
 
 
 def faiss_reason(e: Exception) -> str:
@@ -132,7 +132,7 @@ def _rebuilt_without(index: faiss.IndexIDMap2, gone: np.ndarray, search: dict[st
     ids = stored_ids(index)
     keep = ~np.isin(ids, gone)
     inner = faiss.downcast_index(index.index)
-    vectors = inner.reconstruct_n(0, inner.ntotal)[keep] if len(ids) else np.zeros((0, index.d), np.float32)
+    vectors = as_array(inner.reconstruct_n(0, inner.ntotal))[keep] if len(ids) else np.zeros((0, index.d), np.float32)
     fresh = faiss.clone_index(index)
     fresh.reset()
     if keep.any():

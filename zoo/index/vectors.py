@@ -11,6 +11,13 @@ import numpy as np
 from zoo.errors import ZooError
 
 
+
+def as_array(vectors) -> np.ndarray:
+    """float32 numpy rows, whatever FAISS returned: once ``faiss.contrib.torch_utils`` is imported
+    (pytorch-metric-learning's losses import it), FAISS methods called without an output array
+    return torch tensors for the rest of the process."""
+    return np.asarray(vectors, dtype=np.float32)
+
 def index_vectors(index: faiss.Index, chunk: int = 65536) -> tuple[np.ndarray, bool]:
     """The vectors stored in a FAISS index as (N, d) float32, and whether they are lossy.
 
@@ -33,7 +40,7 @@ def index_vectors(index: faiss.Index, chunk: int = 65536) -> tuple[np.ndarray, b
     out = np.empty((n, d), np.float32)
     try:
         for s in range(0, n, chunk):
-            out[s:s + chunk] = index.reconstruct_n(s, min(chunk, n - s))
+            out[s:s + chunk] = as_array(index.reconstruct_n(s, min(chunk, n - s)))
     except RuntimeError as e:
         raise ZooError(f"cannot read the vectors back from this {type(index).__name__} index: "
                        f"{str(e).splitlines()[-1][:120]}") from e
@@ -58,12 +65,12 @@ def stored_vectors(index: faiss.Index, chunk: int = 65536):
         ids = stored_ids(index)
         inner = faiss.downcast_index(index.index)
         for s in range(0, len(ids), chunk):
-            yield ids[s : s + chunk], inner.reconstruct_n(s, min(chunk, len(ids) - s))
+            yield ids[s : s + chunk], as_array(inner.reconstruct_n(s, min(chunk, len(ids) - s)))
         return
     ids = np.sort(stored_ids(index))
     for s in range(0, len(ids), chunk):
         part = ids[s : s + chunk]
-        yield part, index.reconstruct_batch(part)
+        yield part, as_array(index.reconstruct_batch(part))
 
 
 def all_vectors(index: faiss.Index, dim: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -84,7 +91,7 @@ def vectors_by_id(index: faiss.Index, ids: Sequence[int], dim: int) -> np.ndarra
     if len(ids) == 0:
         return np.zeros((0, dim), np.float32)
     try:
-        return np.asarray(index.reconstruct_batch(ids), np.float32).reshape(len(ids), dim)
+        return as_array(index.reconstruct_batch(ids)).reshape(len(ids), dim)
     except RuntimeError as e:
         raise ZooError(f"cannot read vectors back by id from this {type(index).__name__} index: "
                        f"{str(e).splitlines()[-1][:120]}") from e
