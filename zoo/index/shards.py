@@ -157,7 +157,7 @@ class ShardJob:
         pos = self.positions(stems)
         for s, v, p in zip(stems, vectors, pos):
             if len(p) and (v.ndim != 2 or len(v) != len(p)):
-                raise self._damaged(f"{s}.vectors.npy", f"{len(v)} rows for {len(p)} positions")
+                raise self._damaged(f"{s}.vectors.npy", f"an array of shape {v.shape} for {len(p)} positions")
             if len(p) and v.shape[1] != self.dim:
                 raise self._damaged(f"{s}.vectors.npy", f"vectors of dim {v.shape[1]}, not {self.dim}")
         if not pos:
