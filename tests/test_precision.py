@@ -248,10 +248,10 @@ def test_search_and_serve_use_the_index_precision(shapes_dir, tmp_path, monkeypa
     assert seen == ["bf16-mixed"] and hits[0].path == str(query) and hits[0].similarity > 0.99
 
     svc = SearchService(load_index(out), out)
-    assert svc.run == InferenceSetting("cpu", "bf16-mixed", True)
+    assert svc.inference == InferenceSetting("cpu", "bf16-mixed", True)
     vector = svc.embed(Image.open(query).convert("RGB"))
     assert float(vector @ load_index(out).vectors_of([hits[0].id])[0]) > 0.99
-    assert SearchService(load_index(out), out, precision="32-true").run == InferenceSetting("cpu", "32-true", False)
+    assert SearchService(load_index(out), out, precision="32-true").inference == InferenceSetting("cpu", "32-true", False)
 
 
 def test_a_damaged_precision_is_refused(shapes_dir, tmp_path, fp32_cpu):

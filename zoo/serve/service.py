@@ -1,8 +1,9 @@
 """The work behind ``zoo serve``: the index and its model, loaded once and shared by every request.
 
 SearchService decodes uploads (by content, within a byte and a pixel budget), embeds them one
-forward pass at a time (on the CPU, at the index's precision: zoo.model.inference), searches the index, compares two images, reads indexed items by id (never
-by path) and makes their thumbnails. It reads the index only through ZooIndex: items, their
+forward pass at a time (on the CPU, at the index's precision: zoo.model.inference), searches
+the index, compares two images, reads indexed items by id (never by path) and makes their
+thumbnails. It reads the index only through ZooIndex: items, their
 files and stored vectors by id. A request the client can fix is an UploadError, which the HTTP
 layer (zoo.serve.app) answers as JSON.
 """
@@ -53,8 +54,8 @@ class SearchService:
         self.max_pixels = max_pixels
         self.model = index.model().eval()  # the index's own model (checked against its identity)
         # its precision (zoo.model.inference): as asked, else the index's own where this CPU computes it
-        self.run = inference_setting("cpu", precision, recorded=None if precision else index.precision)
-        if self.run.channels_last:
+        self.inference = inference_setting("cpu", precision, recorded=None if precision else index.precision)
+        if self.inference.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.transform = eval_transform(self.model)
         self.draft = draft_size(self.model)
@@ -129,10 +130,10 @@ class SearchService:
 
     def forward(self, x: torch.Tensor) -> np.ndarray:
         """The model's input (1, 3, H, W) -> its embedding (D,), one request at a time, at the
-        precision and layout of ``self.run`` (bf16 autocast on a CPU that computes it natively)."""
-        if self.run.channels_last:
+        precision and layout of ``self.inference`` (bf16 autocast on a CPU that computes it natively)."""
+        if self.inference.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self.lock, torch.inference_mode(), self.run.autocast():
+        with self.lock, torch.inference_mode(), self.inference.autocast():
             v = self.model(x)  # (1, D)
         return v[0].float().numpy()
 
