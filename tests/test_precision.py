@@ -282,13 +282,23 @@ def pairs(vectors: np.ndarray, threshold: float) -> set:
     return set(zip(*np.nonzero(sims >= threshold)))
 
 
+def test_bf16_is_opt_in_on_a_cpu_that_computes_it(monkeypatch):
+    """Native bf16 alone does not make it the default (its vectors agree with fp32 only to
+    cosine 0.990, below): ZOO_CPU_BF16=1 does."""
+    monkeypatch.setattr(inference, "_detected_cpu_bf16", lambda: True)
+    monkeypatch.delenv("ZOO_CPU_BF16")
+    assert inference_setting("cpu") == InferenceSetting("cpu", "32-true", False)
+    assert inference_setting("cpu", recorded="bf16-mixed").precision == "bf16-mixed"  # an index made so
+    monkeypatch.setenv("ZOO_CPU_BF16", "1")
+    assert inference_setting("cpu") == InferenceSetting("cpu", "bf16-mixed", True)
+
+
 @needs_shared
-@pytest.mark.xfail(strict=True, reason="bf16 autocast on the shared MobileNetV2 (every 10th food7 photo) measures "
-                   "per-image cosine min 0.990 / mean 0.9975 and top-10 overlap 0.945 against fp32 (duplicate pairs "
-                   "agree); issue 22 asks 0.999 and 0.99")
-def test_bf16_channels_last_agrees_with_fp32_on_real_photos(monkeypatch):
-    """Every 10th food7 photo (151) with the pretrained MobileNetV2: the bf16 + channels_last
-    default against fp32, per image, per top-10 neighbourhood and per duplicate pair."""
+def test_bf16_channels_last_agreement_with_fp32_on_real_photos(monkeypatch):
+    """Every 10th food7 photo (151) with the pretrained MobileNetV2: the opt-in bf16 +
+    channels_last path against fp32, per image, per top-10 neighbourhood and per duplicate pair,
+    at the figures the README publishes (cosine min 0.990, top-10 overlap 0.945, the same
+    duplicate pairs); fp32 + channels_last is exact."""
     records = scan_folder(SHARED / "data" / "food7")[::10]
     model = shared_mobilenet()
     monkeypatch.setenv("ZOO_CPU_BF16", "0")
@@ -302,5 +312,8 @@ def test_bf16_channels_last_agrees_with_fp32_on_real_photos(monkeypatch):
     assert pairs(a, 0.95) == pairs(b, 0.95)  # the same duplicates at the default threshold
     cosine = (a * b).sum(1)
     overlap = np.mean([len(set(p) & set(q)) / 10 for p, q in zip(top_k(a, 10), top_k(b, 10))])
-    assert cosine.min() >= 0.999, f"per-image cosine min {cosine.min():.5f}, mean {cosine.mean():.5f}"
-    assert overlap >= 0.99, f"top-10 neighbour overlap {overlap:.4f}"
+    assert cosine.min() >= 0.989 and cosine.mean() >= 0.997, f"cosine min {cosine.min():.5f}, mean {cosine.mean():.5f}"
+    assert overlap >= 0.94, f"top-10 neighbour overlap {overlap:.4f}"
+    model.channels_last = True  # fp32 + channels_last: the same vectors
+    cl = embed(model, records, trainer=default_trainer(False, precision="32-true"), num_workers=0, decode="cpu")
+    assert (fp32.vectors.astype(np.float64) * cl.vectors).sum(1).min() >= 0.9999

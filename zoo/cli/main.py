@@ -63,7 +63,7 @@ def logs_follow_root_dir(trainer) -> None:
             init_args.save_dir = str(trainer.default_root_dir)
 
 
-FAST_CPU_COMMANDS = {"index", "search", "compare", "duplicates", "calibrate", "serve"}  # bf16 on a CPU that has it
+FAST_CPU_COMMANDS = {"index", "search", "compare", "duplicates", "calibrate", "serve"}  # bf16 on the CPU with ZOO_CPU_BF16=1
 
 
 def default_precision(subcommand: str, cfg) -> str:

@@ -68,7 +68,7 @@ class EmbeddingWriter(BasePredictionWriter):
 
 def default_trainer(progress: bool = True, precision: Optional[str] = None, recorded: Optional[str] = None) -> L.Trainer:
     """One device, at the precision zoo.model.inference decides for it (bf16 autocast on a GPU
-    and on a CPU that computes bf16 natively; zoo.cli does the same for the commands).
+    and, with ZOO_CPU_BF16=1, on a CPU that computes bf16 natively; zoo.cli does the same for the commands).
     ``precision``: asked for; ``recorded``: an index's own, kept where the device computes it."""
     return L.Trainer(
         accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
