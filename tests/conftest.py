@@ -13,6 +13,7 @@ from shapes import make_shapes  # noqa: E402
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub
+os.environ["ZOO_CPU_BF16"] = "0"  # fp32 on every CPU, bf16 or not (zoo.model.inference); a test that wants bf16 sets it
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 needs_shared = pytest.mark.skipif(not (SHARED / "data" / "food7").is_dir(), reason="../shared is absent")

@@ -22,6 +22,7 @@ from shapes import make_shapes  # noqa: E402
 from test_hostile import fast_model, version_dir  # noqa: E402
 from zoo.errors import ZooError  # noqa: E402
 from zoo.index.shards import ShardJob  # noqa: E402
+from zoo.model.inference import PRECISIONS  # noqa: E402
 
 # derandomized: CI runs the same examples every time (run with ZOO_FUZZ_EXAMPLES=N to search further)
 FAST = settings(max_examples=int(os.environ.get("ZOO_FUZZ_EXAMPLES", 50)), deadline=None, database=None,
@@ -31,7 +32,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=8)
 DELETE = object()
-FIELDS = [("root",), ("count",), ("dim",), ("factory",), ("search",), ("search", "nprobe"), ("search", "efSearch"),
+FIELDS = [("root",), ("count",), ("dim",), ("factory",), ("precision",), ("search",), ("search", "nprobe"), ("search", "efSearch"),
           ("model",), ("model", "architecture"), ("model", "dim"), ("model", "weights"), ("model", "own_weights"),
           ("model", "hparams"), ("model", "hparams", "backbone"), ("model", "hparams", "head"),
           ("model", "hparams", "seed"), ("model", "hparams", "pretrained"), ("model", "hparams", "head_kwargs"),
@@ -55,6 +56,7 @@ def use_index(path) -> None:
     """What search and serve do with an index, short of embedding a query."""
     index = zoo.load_index(path)
     index.describe()
+    assert index.precision in PRECISIONS
     index.model()
     sims, ids = index.search_vectors(np.ones((1, index.dim), np.float32), k=3)
     assert len(index.hits(sims[0], ids[0])) == 3

@@ -19,7 +19,8 @@ from conftest import SHARED, TINY, needs_shared, save
 from zoo.data.images import ImageDataset, scan_folder
 from zoo.data.decode import device_decodable
 from zoo.data.transforms import eval_transform, pixel_transform
-from zoo.embed.runner import default_trainer, embed, inference_precision
+from zoo.embed.runner import default_trainer, embed
+from zoo.model.inference import InferenceSetting, inference_setting
 from zoo.errors import ZooError
 
 
@@ -55,14 +56,17 @@ def test_loader_hands_over_uint8_and_embeddings_equal_the_float_transform(shapes
     np.testing.assert_allclose(emb.vectors, ref.numpy(), atol=1e-5)
 
 
-def test_inference_precision_is_bf16_on_a_gpu_only(monkeypatch):
-    assert inference_precision("auto") is None or torch.cuda.is_available()
+def test_inference_precision_is_bf16_on_a_gpu(monkeypatch):
+    """On a GPU as before; on a CPU without native bf16 (conftest: ZOO_CPU_BF16=0), fp32. The
+    CPU with bf16: tests/test_precision.py."""
+    assert inference_setting("auto").precision == "32-true" or torch.cuda.is_available()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert inference_precision("auto") == "bf16-mixed" and inference_precision("gpu") == "bf16-mixed"
-    assert inference_precision("cpu") is None
+    assert inference_setting("auto").precision == "bf16-mixed" and inference_setting("gpu").precision == "bf16-mixed"
+    assert inference_setting("auto").channels_last
+    assert inference_setting("cpu") == InferenceSetting("cpu", "32-true", False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert inference_precision("cuda") == "16-mixed"
+    assert inference_setting("cuda").precision == "16-mixed"
 
 
 # ---- JPEGs decoded where the model runs -------------------------------------------------------

@@ -60,7 +60,8 @@ class ZooTrainer(L.Trainer):
                 in the loader workers), cpu, or device. Files the device cannot decode (PNG,
                 progressive JPEG, EXIF-rotated, ...) are decoded by the workers in the same run.
             shard_size: embeddings per shard written to disk (the most a crash can lose).
-            channels_last: channels-last memory layout for the forward (default: on CUDA).
+            channels_last: channels-last memory layout for the forward (default: on CUDA, and with
+                bf16 on a CPU that computes it natively).
         """
         run_index(resolve_model(model, backbone, checkpoint), images, out, video=video, every=every, update=update,
                   factory=factory, decode=decode, shard_size=shard_size, channels_last=channels_last, trainer=self,
@@ -242,7 +243,8 @@ class ZooTrainer(L.Trainer):
         from zoo.serve.server import run_server  # fastapi and uvicorn, only for serving
 
         run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb,
-                   threads=threads, allowed_hosts=allowed_hosts or (), max_pixels=max_pixels)
+                   threads=threads, allowed_hosts=allowed_hosts or (), max_pixels=max_pixels,
+                   precision=str(self.precision))  # the index's own by default (zoo.cli.main.default_precision)
 
     @command()
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False) -> None:

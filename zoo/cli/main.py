@@ -34,8 +34,9 @@ from zoo.cli.help import DESCRIPTION, FULL_HELP, ZooArgumentParser
 from zoo.data.datamodule import ZooDataModule
 from zoo.embed.progress import progress_on_stderr
 from zoo.embed.quiet import quiet_lightning
-from zoo.embed.runner import inference_precision
 from zoo.errors import ZooError
+from zoo.index.persist import current_precision
+from zoo.model.inference import inference_setting
 from zoo.model.module import ZooModel
 from zoo.model.start_validation import StartValidation
 
@@ -62,6 +63,22 @@ def logs_follow_root_dir(trainer) -> None:
             init_args.save_dir = str(trainer.default_root_dir)
 
 
+FAST_CPU_COMMANDS = {"index", "search", "compare", "duplicates", "calibrate", "serve"}  # bf16 on the CPU with ZOO_CPU_BF16=1
+
+
+def default_precision(subcommand: str, cfg) -> str:
+    """The precision a command embeds at when --trainer.precision is not given
+    (zoo.model.inference decides): a command that adds to an index or searches it (index
+    --update, search, serve, duplicates --index) uses the index's own where the device computes
+    it; zoo serve runs its model on the CPU; zoo benchmark (and commands that embed nothing)
+    keep fp32 on the CPU."""
+    on_index = {"index": cfg.get("out") if cfg.get("update") else None, "search": cfg.get("index"),
+                "serve": cfg.get("index"), "duplicates": cfg.get("index")}.get(subcommand)
+    recorded = current_precision(on_index) if on_index else None
+    accelerator = "cpu" if subcommand == "serve" else cfg.trainer.accelerator
+    return inference_setting(accelerator, recorded=recorded, cpu_bf16=subcommand in FAST_CPU_COMMANDS).precision
+
+
 class ZooCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -76,8 +93,8 @@ class ZooCLI(LightningCLI):
             logs_follow_root_dir(cfg.trainer)
         else:  # no runs/lightning_logs for index, search, ...
             cfg.trainer.logger = False
-            if cfg.trainer.precision is None:  # inference on a GPU: bf16 autocast unless asked otherwise
-                cfg.trainer.precision = inference_precision(cfg.trainer.accelerator)
+            if cfg.trainer.precision is None:  # the user's --trainer.precision always wins
+                cfg.trainer.precision = default_precision(self.subcommand, cfg)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

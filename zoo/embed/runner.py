@@ -24,6 +24,7 @@ from zoo.data.images import ImageDataset, Record, collate
 from zoo.data.transforms import draft_size, pixel_transform
 from zoo.embed.progress import StderrProgressBar
 from zoo.errors import ZooError
+from zoo.model.inference import inference_setting
 from zoo.model.module import ZooModel
 
 
@@ -65,21 +66,15 @@ class EmbeddingWriter(BasePredictionWriter):
         return idx, vec[first]
 
 
-def default_trainer(progress: bool = True) -> L.Trainer:
-    """One device; on a GPU, bf16 autocast where the card has it (zoo.cli does the same for
-    the commands)."""
+def default_trainer(progress: bool = True, precision: Optional[str] = None, recorded: Optional[str] = None) -> L.Trainer:
+    """One device, at the precision zoo.model.inference decides for it (bf16 autocast on a GPU
+    and, with ZOO_CPU_BF16=1, on a CPU that computes bf16 natively; zoo.cli does the same for the commands).
+    ``precision``: asked for; ``recorded``: an index's own, kept where the device computes it."""
     return L.Trainer(
-        accelerator="auto", devices=1, logger=False, enable_checkpointing=False, precision=inference_precision("auto"),
+        accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+        precision=inference_setting("auto", precision, recorded=recorded).precision,
         enable_model_summary=False, enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
     )
-
-
-def inference_precision(accelerator: str) -> Optional[str]:
-    """bf16-mixed when the run will be on a CUDA device that computes in bf16, else None
-    (Lightning's default, 32-true)."""
-    if str(accelerator) not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
-        return None
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
 def ignore_sigint(worker_id: int) -> None:
@@ -88,9 +83,6 @@ def ignore_sigint(worker_id: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-
 
 
 def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, batch_size: int, num_workers: int,
@@ -116,7 +108,7 @@ def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, 
 def describe_run(trainer: L.Trainer, model: ZooModel, n: int, mode: str, batch_size: int, num_workers: int) -> str:
     device = trainer.strategy.root_device
     devices = f"{trainer.world_size} x {device.type}" if trainer.world_size > 1 else str(device)
-    layout = ", channels_last" if model.uses_channels_last(device) else ""
+    layout = ", channels_last" if model.uses_channels_last(device, trainer.precision) else ""
     return (f"zoo: embedding {n} images on {devices}, precision {trainer.precision}{layout}, "
             f"decoding on the {'device' if mode == 'device' else 'CPU'}, batch {batch_size}, {num_workers} loader workers")
 

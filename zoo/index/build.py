@@ -4,7 +4,9 @@ build_index embeds a folder, files or records and indexes them. With an output f
 embeddings stream to shards inside it (zoo.index.shards) and the index is built from them
 afterwards: memory stays O(batch), a stopped run resumes where it stopped, and in a
 multi-device run every process embeds its part. An update rescans the index's root and embeds
-only new and changed files, with the index's own model, then saves a new version.
+only new and changed files, with the index's own model and (unless the trainer says otherwise)
+its own precision, then saves a new version. The index records the precision its vectors were
+made at (the trainer's: zoo.model.inference decides it by default).
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import lightning as L
 
 from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import Record, records_from, scan_folder
-from zoo.embed.runner import embed, report_skipped
+from zoo.embed.runner import default_trainer, embed, report_skipped
 from zoo.errors import ZooError
 from zoo.index import folder as indexdir
 from zoo.index.core import ZooIndex
+from zoo.index.persist import current_precision
 from zoo.index.shards import ShardJob, embed_to_shards, is_primary_process, job_key
 from zoo.index.store import common_root, file_state
 from zoo.model.identity import model_identity
@@ -65,6 +68,8 @@ def build_index(
     (the others return None).
     """
     out_path = Path(os.path.abspath(out)) if out is not None else None
+    if trainer is None:  # an update: the index's own precision (a trainer says otherwise)
+        trainer = default_trainer(recorded=current_precision(out_path) if update and out_path else None)
     run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size,
                channels_last=channels_last)
     primary = is_primary_process()
@@ -81,7 +86,8 @@ def build_index(
         indexdir.check_target(out_path, overwrite, update=False, sources=sources)  # before any expensive work
     records, root = _records(images, exclude=out_path)
     model = (model or ZooModel(**model_kwargs)).build()
-    index = ZooIndex.create(model, factory, root=root or common_root([r.path for r in records]), expected=len(records))
+    index = ZooIndex.create(model, factory, root=root or common_root([r.path for r in records]), expected=len(records),
+                            precision=str(trainer.precision))
     if out_path is None:
         return _embed_into(index, model, records, trainer, batch_size, num_workers, decode, require=True)
     if not primary:
@@ -116,7 +122,8 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
                   num_workers: int, decode: str, shard_size: int, channels_last: Optional[bool] = None):
     """Embed ``records`` into shards in ``out`` (resuming an earlier run of the same job); the
     first process then adds them to ``index``. Returns the job."""
-    job = ShardJob(out, job_key(model_identity(model), records), len(records), model.embedding_dim)
+    made_by = {**model_identity(model), "precision": str(trainer.precision)}  # a resumed job keeps its precision
+    job = ShardJob(out, job_key(made_by, records), len(records), model.embedding_dim)
     primary = is_primary_process()
     if primary:
         job.prepare()
@@ -163,6 +170,9 @@ def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int
         else:
             new.append(r)
     gone = [row["id"] for rel, row in known.items() if rel not in seen]
+    if primary and new and str(trainer.precision) != index.precision:
+        print(f"zoo: note: {out} was built at precision {index.precision}; this update embeds at {trainer.precision} "
+              f"(give --trainer.precision {index.precision} to match)", file=sys.stderr, flush=True)
     run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size,
                channels_last=channels_last)
     if not primary:

@@ -22,7 +22,7 @@ import lightning as L
 import numpy as np
 
 from zoo.data.images import Record, records_from
-from zoo.embed.runner import embed, require_some
+from zoo.embed.runner import default_trainer, embed, require_some
 from zoo.errors import ZooError
 from zoo.index import folder as indexdir
 from zoo.index.factory import (
@@ -35,10 +35,11 @@ from zoo.index.factory import (
     set_search_params,
     train_index,
 )
-from zoo.index.meta import check_same_model, describe_model, keeps_own_weights, new_meta
+from zoo.index.meta import check_same_model, describe_model, keeps_own_weights, new_meta, recorded_precision
 from zoo.index.persist import open_current, write_version
 from zoo.index.store import ItemStore, common_root, file_state, resolve_item_path
 from zoo.index.vectors import all_vectors, vectors_by_id
+from zoo.model.inference import FP32
 from zoo.model.restore import restore_model
 
 
@@ -74,12 +75,14 @@ class ZooIndex:
 
     # ---- building -------------------------------------------------------------------------
     @classmethod
-    def create(cls, model, factory: str = "Flat", root: Optional[Path] = None, expected: int = 0) -> "ZooIndex":
-        """An empty index; ``factory`` "auto" chooses one for ``expected`` vectors (auto_factory)."""
+    def create(cls, model, factory: str = "Flat", root: Optional[Path] = None, expected: int = 0,
+               precision: str = FP32) -> "ZooIndex":
+        """An empty index of vectors made at ``precision``; ``factory`` "auto" chooses one for
+        ``expected`` vectors (auto_factory)."""
         if factory == "auto":
             factory = auto_factory(expected, model.embedding_dim)
         index = new_faiss_index(model.embedding_dim, factory)
-        meta = new_meta(model, factory, default_search_params(index))
+        meta = new_meta(model, factory, default_search_params(index), precision)
         set_search_params(index, meta["search"])
         out = cls(index, meta, ItemStore(), Path(os.path.abspath(root)) if root else None)
         out._model = model
@@ -209,6 +212,11 @@ class ZooIndex:
     def describe(self) -> str:
         return describe_model(self.meta["model"])
 
+    @property
+    def precision(self) -> str:
+        """The precision its vectors were made at (32-true for an index that records none)."""
+        return recorded_precision(self.meta)
+
     def check_model(self, model) -> None:
         """Refuse to compare embeddings from another model than the one that built the index."""
         check_same_model(self.meta["model"], model)
@@ -259,10 +267,12 @@ class ZooIndex:
     def search_many(self, images: Sequence[str | Path], k: int = 10, model=None,
                     trainer: Optional[L.Trainer] = None) -> list[tuple[str, list[Hit]]]:
         """(query path, top-k hits) for every usable image among ``images`` (folders expand);
-        unusable ones are reported and left out, so each result stays tied to its query."""
+        unusable ones are reported and left out, so each result stays tied to its query. The
+        queries are embedded at the index's own precision unless ``trainer`` says otherwise."""
         check_k(k)
         model = model or self.model()
         self.check_model(model)
+        trainer = trainer or default_trainer(recorded=self.precision)  # the index's own precision
         emb = embed(model, records_from(list(images)), trainer=trainer)
         require_some(emb, "the query")
         sims, ids = self.search_vectors(emb.vectors, k)

@@ -1,7 +1,8 @@
 """meta.json of an index version, and the checks that the parts of a version agree.
 
 meta.json holds the root folder, the model's identity and recipe (zoo.model.identity), the
-FAISS factory and search settings, counts and dimension. It is read as untrusted input: a
+precision its vectors were made at (zoo.model.inference; an index without one was made at
+32-true), the FAISS factory and search settings, counts and dimension. It is read as untrusted input: a
 damaged or edited file is a ZooError that says to rebuild, never another exception. Opening a
 version also checks that index.faiss, items.sqlite and meta.json describe the same items.
 """
@@ -22,6 +23,7 @@ from zoo.index.store import ItemStore
 from zoo.index.vectors import stored_ids
 from zoo.io import read_json
 from zoo.model.identity import model_identity
+from zoo.model.inference import FP32, PRECISIONS
 from zoo.version import __version__
 
 META_KEYS = ("model", "factory", "root", "count", "dim")
@@ -31,16 +33,24 @@ MAX_SEARCH = 1 << 20
 METRIC = "inner_product on L2-normalised vectors (cosine similarity)"
 
 
-def new_meta(model, factory: str, search: dict[str, int]) -> dict:
-    """The metadata of a new index of ``model``'s embeddings (root and counts come on saving)."""
+def new_meta(model, factory: str, search: dict[str, int], precision: str = FP32) -> dict:
+    """The metadata of a new index of ``model``'s embeddings made at ``precision`` (root and
+    counts come on saving)."""
     return {
         "zoo_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "factory": factory,
         "metric": METRIC,
         "model": model_identity(model),
+        "precision": precision,
         "search": search,
     }
+
+
+def recorded_precision(meta: dict) -> str:
+    """The precision the index's vectors were made at (a Lightning name); 32-true for an index
+    that records none (made before zoo recorded it)."""
+    return meta.get("precision", FP32)
 
 
 def keeps_own_weights(weights_id: str) -> bool:
@@ -85,6 +95,8 @@ def check_meta(meta: Any, path: Path) -> None:
     root = meta["root"]
     if not isinstance(root, str) or not os.path.isabs(root) or "\0" in root:
         raise damaged(f"root must be an absolute folder path, not {json.dumps(root)[:60]}")
+    if "precision" in meta and meta["precision"] not in PRECISIONS:
+        raise damaged(f"precision {json.dumps(meta['precision'])[:40]} is not one of {', '.join(PRECISIONS)}")
     search = meta.get("search", {})
     if not isinstance(search, dict):
         raise damaged("search settings must be a mapping")

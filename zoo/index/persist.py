@@ -22,7 +22,7 @@ import faiss
 
 from zoo.errors import ZooError
 from zoo.index import folder as indexdir
-from zoo.index.meta import check_parts_agree, keeps_own_weights, read_faiss, read_meta
+from zoo.index.meta import check_parts_agree, keeps_own_weights, read_faiss, read_meta, recorded_precision
 from zoo.index.store import ItemStore
 
 PARTS = ("meta.json", "index.faiss", "items.sqlite")
@@ -83,3 +83,13 @@ def open_version(path: Path, folder: Path, mmap: bool = True) -> tuple[faiss.Ind
     store = ItemStore(folder / "items.sqlite", readonly=True)
     check_parts_agree(index, store, meta, path)
     return index, meta, store, folder
+
+
+def current_precision(path: str | Path) -> Optional[str]:
+    """The precision the current version of the index at ``path`` records (meta.json alone is
+    read); None where there is no readable index there (the command then says why)."""
+    try:
+        path = Path(os.path.abspath(path))
+        return recorded_precision(read_meta(indexdir.current_version(path), path))
+    except (ZooError, OSError):
+        return None

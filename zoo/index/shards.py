@@ -278,7 +278,7 @@ def embed_to_shards(
     if shard_rows < 1:
         raise ZooError(f"--shard_size {shard_rows}: must be 1 or more")
     model.build()
-    model.channels_last = channels_last  # None: on CUDA
+    model.channels_last = channels_last  # None: as zoo.model.inference decides
     trainer = trainer or default_trainer()
     todo = job.remaining()
     done = len(records) - len(todo)

@@ -25,6 +25,7 @@ from zoo.data.images import load_image
 from zoo.data.transforms import draft_size, pixel_transform
 from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
+from zoo.model.inference import inference_setting
 from zoo.metrics.pairs import pair_summary
 from zoo.metrics.retrieval import RetrievalMetrics
 from zoo.registry import HEADS
@@ -200,7 +201,7 @@ class ZooModel(L.LightningModule):
         return self.head(self.features(images))  # (B, D), L2-normalised
 
     # ---- inference: pixels arrive as uint8 (or JPEG bytes) and are made ready on the device ----
-    channels_last: Optional[bool] = None  # None: on CUDA (set by zoo.embed)
+    channels_last: Optional[bool] = None  # None: as zoo.model.inference decides (--channels_last sets it)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 pixels are normalised here, on the model's device (a quarter of the bytes of
@@ -245,9 +246,14 @@ class ZooModel(L.LightningModule):
         if self.uses_channels_last(self.device):
             self.to(memory_format=torch.channels_last)
 
-    def uses_channels_last(self, device: torch.device) -> bool:
-        """Channels-last layout for a forward on ``device``: as set, else on CUDA."""
-        return device.type == "cuda" if self.channels_last is None else bool(self.channels_last)
+    def uses_channels_last(self, device: torch.device, precision: Optional[str] = None) -> bool:
+        """Channels-last layout for a forward on ``device`` at ``precision`` (default: the
+        attached Trainer's): as set, else as zoo.model.inference decides."""
+        if self.channels_last is not None:
+            return bool(self.channels_last)
+        if precision is None and getattr(self, "_trainer", None) is not None:
+            precision = self._trainer.precision
+        return inference_setting(device, precision).channels_last
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         if len(batch["index"]) and self.uses_channels_last(self.device):

@@ -1,8 +1,9 @@
 """The work behind ``zoo serve``: the index and its model, loaded once and shared by every request.
 
 SearchService decodes uploads (by content, within a byte and a pixel budget), embeds them one
-forward pass at a time, searches the index, compares two images, reads indexed items by id (never
-by path) and makes their thumbnails. It reads the index only through ZooIndex: items, their
+forward pass at a time (on the CPU, at the index's precision: zoo.model.inference), searches
+the index, compares two images, reads indexed items by id (never by path) and makes their
+thumbnails. It reads the index only through ZooIndex: items, their
 files and stored vectors by id. A request the client can fix is an UploadError, which the HTTP
 layer (zoo.serve.app) answers as JSON.
 """
@@ -23,6 +24,7 @@ from zoo.data.transforms import draft_size, eval_transform
 from zoo.dedup.compare import similarity_score
 from zoo.errors import ZooError
 from zoo.index.core import ZooIndex
+from zoo.model.inference import inference_setting
 from zoo.serve.duplicates import load_duplicates
 
 MAX_K = 200
@@ -43,7 +45,7 @@ class SearchService:
     """The loaded index and its model; thread-safe (one forward pass at a time)."""
 
     def __init__(self, index: ZooIndex, index_path: str | Path, duplicates: Optional[str | Path] = None,
-                 max_upload_bytes: int = 20 << 20, max_pixels: int = MAX_PIXELS):
+                 max_upload_bytes: int = 20 << 20, max_pixels: int = MAX_PIXELS, precision: Optional[str] = None):
         self.idx = index
         self.index_path = str(Path(index_path).resolve())
         if len(index) == 0:
@@ -51,6 +53,10 @@ class SearchService:
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.model = index.model().eval()  # the index's own model (checked against its identity)
+        # its precision (zoo.model.inference): as asked, else the index's own where this CPU computes it
+        self.inference = inference_setting("cpu", precision, recorded=None if precision else index.precision)
+        if self.inference.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.transform = eval_transform(self.model)
         self.draft = draft_size(self.model)
         self.lock = threading.Lock()
@@ -123,8 +129,11 @@ class SearchService:
         return self.forward(self.transform(image).unsqueeze(0))  # (1, 3, H, W), outside the lock
 
     def forward(self, x: torch.Tensor) -> np.ndarray:
-        """The model's input (1, 3, H, W) -> its embedding (D,), one request at a time."""
-        with self.lock, torch.inference_mode():
+        """The model's input (1, 3, H, W) -> its embedding (D,), one request at a time, at the
+        precision and layout of ``self.inference`` (bf16 autocast on a CPU that computes it natively)."""
+        if self.inference.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.lock, torch.inference_mode(), self.inference.autocast():
             v = self.model(x)  # (1, D)
         return v[0].float().numpy()
 
