@@ -220,3 +220,19 @@ print("ok")
 """
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def test_flat_vectors_outlive_the_index_object(shapes_dir, tmp_path):
+    """ZooIndex.vectors() on Flat storage is a view on FAISS's memory: it must keep the index
+    alive when the caller keeps only the vectors."""
+    import gc
+
+    out = tmp_path / "v.index"
+    zoo.build_index(shapes_dir, zoo.ZooModel("timm/test_resnet", pretrained=False, data_config={"image_size": 32}),
+                    out=out, factory="Flat", num_workers=0)
+    expected = np.array(zoo.load_index(out).vectors()[1])
+    ids, vectors, lossy = zoo.load_index(out).vectors()  # the index object is dropped at once
+    gc.collect()
+    _ = [np.ones((256, 1024), np.float32) for _ in range(64)]  # reuse freed memory, if any was freed
+    assert not lossy and np.array_equal(np.asarray(vectors[:5]), expected[:5])
+    assert np.array_equal(np.asarray(vectors), expected)

@@ -12,13 +12,27 @@ from zoo.errors import ZooError
 
 
 
+
+class IndexView(np.ndarray):
+    """A view on vectors that a FAISS index stores, which keeps that index alive: without it the
+    view outlives the index's memory when the caller drops the index (``load_index(p).vectors()``)."""
+
+    @classmethod
+    def of(cls, array: np.ndarray, owner) -> "IndexView":
+        view = array.view(cls)
+        view.owner = owner
+        return view
+
+    def __array_finalize__(self, obj) -> None:
+        self.owner = getattr(obj, "owner", None)
+
 def as_array(vectors) -> np.ndarray:
     """float32 numpy rows, whatever FAISS returned: once ``faiss.contrib.torch_utils`` is imported
     (pytorch-metric-learning's losses import it), FAISS methods called without an output array
     return torch tensors for the rest of the process."""
     return np.asarray(vectors, dtype=np.float32)
 
-def index_vectors(index: faiss.Index, chunk: int = 65536) -> tuple[np.ndarray, bool]:
+def index_vectors(index: faiss.Index, chunk: int = 65536, owner=None) -> tuple[np.ndarray, bool]:
     """The vectors stored in a FAISS index as (N, d) float32, and whether they are lossy.
 
     Flat storage (``Flat``, ``HNSW*Flat``) is returned as a view on the index's own memory (no
@@ -30,7 +44,7 @@ def index_vectors(index: faiss.Index, chunk: int = 65536) -> tuple[np.ndarray, b
     if isinstance(index, faiss.IndexHNSW):
         flat = faiss.downcast_index(index.storage)
     if isinstance(flat, faiss.IndexFlat):
-        return faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d), False
+        return IndexView.of(faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d), owner if owner is not None else index), False
     lossy = not isinstance(index, faiss.IndexIVFFlat)
     try:
         ivf = faiss.extract_index_ivf(index)
@@ -76,7 +90,7 @@ def stored_vectors(index: faiss.Index, chunk: int = 65536):
 def all_vectors(index: faiss.Index, dim: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """Every stored vector: ids (N,), vectors (N, dim) float32, and whether they are lossy."""
     if isinstance(index, faiss.IndexIDMap2):
-        vectors, lossy = index_vectors(faiss.downcast_index(index.index))
+        vectors, lossy = index_vectors(faiss.downcast_index(index.index), owner=index)  # the id map owns its storage
         return stored_ids(index), vectors, lossy
     parts = list(stored_vectors(index))  # an inverted file: decoded by id, a chunk at a time
     ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
