@@ -56,12 +56,10 @@ class ZooTrainer(L.Trainer):
             update: bring the index up to date with its folder: new and changed files, removed ones.
             video: index this video's frames instead of a folder.
             every: with --video, keep every N-th frame.
-            decode: where JPEGs are decoded: auto (on the GPU when the model runs on CUDA, else
-                in the loader workers), cpu, or device. Files the device cannot decode (PNG,
-                progressive JPEG, EXIF-rotated, ...) are decoded by the workers in the same run.
+            decode: where JPEGs are decoded: auto (on the GPU when the model runs on CUDA), cpu or
+                device; what the device cannot decode (PNG, progressive, ...) goes to the workers.
             shard_size: embeddings per shard written to disk (the most a crash can lose).
-            channels_last: channels-last memory layout for the forward (default: on CUDA, and with
-                bf16 on a CPU that computes it natively).
+            channels_last: channels-last layout for the forward (default: on CUDA and with CPU bf16).
         """
         run_index(resolve_model(model, backbone, checkpoint), images, out, video=video, every=every, update=update,
                   factory=factory, decode=decode, shard_size=shard_size, channels_last=channels_last, trainer=self,

@@ -29,7 +29,7 @@ class Option:
 SHARED: dict[str, Option] = {
     "backbone": Option(Optional[str], None, "shortcut for --model.backbone."),
     "checkpoint": Option(Optional[str], None, "a trained zoo checkpoint to use instead of the --model.* config."),
-    "overwrite": Option(bool, False, "replace existing output files (nothing is replaced without it)."),
+    "overwrite": Option(bool, False, "replace existing output files."),
     "batch_size": Option(int, BATCH_SIZE, "images per forward pass (on a GPU, 256 or more keeps it busy)."),
     "num_workers": Option(int, NUM_WORKERS, "loader processes that read and decode files (on a GPU machine, "
                                             "about the number of CPU cores)."),
