@@ -189,7 +189,7 @@ def test_ivf_knobs_persist_and_remove_by_id(tmp_path):
 
 
 def test_index_reads_numpy_vectors_after_faiss_torch_utils_is_imported(shapes_dir, tmp_path):
-    """pytorch-metric-learning's losses import faiss.contrib.torch_utils, which makes FAISS return
+    """pytorch-metric-learning's samplers import faiss.contrib.torch_utils, which makes FAISS return
     torch tensors for the rest of the process: an update that removes a file (vectors read back
     and re-added) and the vector readers must still work, in a process where that happened."""
     import subprocess
@@ -198,18 +198,20 @@ def test_index_reads_numpy_vectors_after_faiss_torch_utils_is_imported(shapes_di
     script = f"""
 import sys
 import numpy as np
-import pytorch_metric_learning.losses  # patches faiss for the rest of the process
+import pytorch_metric_learning.samplers  # imports faiss.contrib.torch_utils: patches faiss for the process
 import zoo
 from zoo.cli.main import main
 out = {str(tmp_path / "p.index")!r}
 model = ["--model.backbone", "timm/test_resnet", "--model.pretrained", "false", "--model.data_config",
          "{{image_size: 32}}", "--num_workers", "0"]
-for factory in ("IVF2,Flat", "HNSW8"):
+from zoo.index.vectors import stored_vectors
+for factory in ("Flat", "IVF2,Flat", "HNSW8"):
     assert main(["index", "--images", {str(shapes_dir)!r}, "--out", out, "--factory", factory, "--overwrite", *model]) == 0
     idx = zoo.load_index(out)
     ids, vectors, _ = idx.vectors()
     assert isinstance(vectors, np.ndarray) and vectors.shape == (12, idx.dim), type(vectors)
     assert isinstance(idx.vectors_of(ids[:3]), np.ndarray)
+    assert all(isinstance(v, np.ndarray) for _, v in stored_vectors(idx.index)), factory
     gone = {str(shapes_dir / "circle" / "000.png")!r}
     kept = open(gone, "rb").read()
     import os; os.remove(gone)

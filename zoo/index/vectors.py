@@ -28,7 +28,7 @@ class IndexView(np.ndarray):
 
 def as_array(vectors) -> np.ndarray:
     """float32 numpy rows, whatever FAISS returned: once ``faiss.contrib.torch_utils`` is imported
-    (pytorch-metric-learning's losses import it), FAISS methods called without an output array
+    (pytorch-metric-learning's samplers import it), FAISS methods called without an output array
     return torch tensors for the rest of the process."""
     return np.asarray(vectors, dtype=np.float32)
 
