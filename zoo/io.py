@@ -115,7 +115,6 @@ def open_regular(path: str | Path, dir_fd: Optional[int] = None, follow_links: b
         raise
 
 
-
 MAX_JSON_BYTES = 256 << 20  # the largest JSON file zoo reads (a groups.json of millions of groups fits)
 
 
@@ -136,6 +135,7 @@ def read_json(path: str | Path, what: str, max_bytes: int = MAX_JSON_BYTES,
     except (ValueError, UnicodeDecodeError, RecursionError, OSError) as e:
         reason = "nested too deep" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
         raise ZooError(error.format(path=path, what=what, reason=reason)) from None
+
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20, **how) -> str:
     """The SHA-256 of a regular file's bytes (ValueError for anything else); ``how``: open_regular's."""

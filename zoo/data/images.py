@@ -141,10 +141,15 @@ def records_from(inputs: Sequence[str | Path]) -> list[Record]:
     return records
 
 
+class ImageTooLarge(ValueError):
+    """An image that would decode to more pixels than allowed (``max_pixels``, or Pillow's
+    decompression-bomb guard)."""
+
+
 def load_image(path: str | Path | bytes, draft_size: Optional[int] = None, max_pixels: Optional[int] = None) -> Image.Image:
     """Decode any image Pillow knows (a file, or its bytes) into 8-bit RGB, upright.
     ``max_pixels``: refuse, from the header and before decoding, an image that would decode to
-    more pixels (after a JPEG's draft reduction). Raises ValueError(reason)."""
+    more pixels (after a JPEG's draft reduction). Raises ValueError(reason), ImageTooLarge for size."""
     import io
 
     try:
@@ -159,7 +164,7 @@ def load_image(path: str | Path | bytes, draft_size: Optional[int] = None, max_p
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))  # decode big JPEGs at reduced size
                 if max_pixels and im.width * im.height > max_pixels:
-                    raise ValueError(f"too large ({im.width} x {im.height} pixels; the limit is {max_pixels:,})")
+                    raise ImageTooLarge(f"too large ({im.width} x {im.height} pixels; the limit is {max_pixels:,})")
                 im.load()
                 ImageOps.exif_transpose(im, in_place=True)  # no copy: to_rgb makes the one returned
                 return to_rgb(im)
@@ -168,7 +173,7 @@ def load_image(path: str | Path | bytes, draft_size: Optional[int] = None, max_p
     except Image.UnidentifiedImageError:
         raise ValueError("not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError("too large (decompression-bomb guard)") from None
+        raise ImageTooLarge("too large (decompression-bomb guard)") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"corrupt or truncated ({str(e).splitlines()[0][:80]})") from None
 

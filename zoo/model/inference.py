@@ -58,20 +58,22 @@ def _detected_cpu_bf16() -> bool:
     return False
 
 
+def _env_choice() -> Optional[bool]:
+    """``ZOO_CPU_BF16``: True for 1/true/yes/on, False for 0/false/no/off, None when unset or other."""
+    env = os.environ.get(ENV, "").strip().lower()
+    return True if env in ("1", "true", "yes", "on") else False if env in ("0", "false", "no", "off") else None
+
+
 def cpu_has_native_bf16() -> bool:
     """True where this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16); ``ZOO_CPU_BF16=0``
     or ``1`` says so instead of the detection."""
-    env = os.environ.get(ENV, "").strip().lower()
-    if env in ("0", "false", "no", "off"):
-        return False
-    if env in ("1", "true", "yes", "on"):
-        return True
-    return _detected_cpu_bf16()
+    choice = _env_choice()
+    return _detected_cpu_bf16() if choice is None else choice
 
 
 def cpu_bf16_opted_in() -> bool:
     """``ZOO_CPU_BF16=1``: bf16 by default on a CPU that computes it natively."""
-    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return _env_choice() is True
 
 
 def normalise_precision(precision: Any) -> str:

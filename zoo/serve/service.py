@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zoo.data.images import load_image
+from zoo.data.images import ImageTooLarge, load_image
 from zoo.data.transforms import draft_size, eval_transform
 from zoo.dedup.compare import similarity_score
 from zoo.errors import ZooError
@@ -107,9 +107,9 @@ class SearchService:
             raise UploadError(413, f"{what} is {len(data)} bytes; the limit is {self.max_upload_bytes}")
         try:  # Pillow identifies the content, whatever the name says; its bomb guard stays on
             image = load_image(data, draft_size=self.draft, max_pixels=self.max_pixels)
+        except ImageTooLarge as e:
+            raise UploadError(413, f"{what} is {e}") from None
         except ValueError as e:
-            if str(e).startswith("too large"):
-                raise UploadError(413, f"{what} is {e}") from None
             raise UploadError(422, f"{what} is not a usable image: {e}") from None
         return image
 
