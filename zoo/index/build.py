@@ -139,9 +139,10 @@ def _embed_shards(index: ZooIndex, out: Path, model, records: list[Record], trai
     return job
 
 
-def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int, decode: str = "auto",
-            shard_size: int = 4096, channels_last: Optional[bool] = None) -> Optional[ZooIndex]:
+def _update(out: Path, images, model, **run) -> Optional[ZooIndex]:
+    """``--update``: ``run`` holds build_index's run options (trainer, loader, shards)."""
     primary = is_primary_process()
+    trainer = run["trainer"]
     index = ZooIndex.load(out, mmap=False).writable_copy()
     if images is not None and Path(os.path.realpath(images)) != Path(os.path.realpath(index.root)):
         raise ZooError(f"{out} indexes {index.root}; --update rescans that folder (give no --images, or that one)")
@@ -173,8 +174,6 @@ def _update(out: Path, images, model, trainer, batch_size: int, num_workers: int
     if primary and new and str(trainer.precision) != index.precision:
         print(f"zoo: note: {out} was built at precision {index.precision}; this update embeds at {trainer.precision} "
               f"(give --trainer.precision {index.precision} to match)", file=sys.stderr, flush=True)
-    run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size,
-               channels_last=channels_last)
     if not primary:
         _embed_shards(index, out, model, new, **run)
         return None
