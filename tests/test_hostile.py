@@ -470,3 +470,20 @@ def test_interrupt_exits_130_with_one_line(tmp_path):
     assert proc.returncode == 130, err
     assert err.rstrip().endswith("zoo: interrupted") and "Traceback" not in err
     assert not (tmp_path / "i").exists()  # nothing half-written is left
+
+
+def test_an_interrupt_python_swallowed_stops_the_run_at_the_next_batch():
+    """Ctrl-C raised inside code whose exceptions Python ignores (logging's fork hooks, while
+    loader workers start) is lost; the command's callback raises it again at the next batch."""
+    from zoo.cli.main import INTERRUPTED, StopWhenInterrupted
+
+    stop = StopWhenInterrupted()
+    INTERRUPTED.clear()
+    stop.on_predict_batch_end(None, None, None, None, 0)  # no Ctrl-C: nothing happens
+    INTERRUPTED.set()
+    try:
+        for hook in (stop.on_predict_batch_end, stop.on_train_batch_end, stop.on_validation_batch_end):
+            with pytest.raises(KeyboardInterrupt):
+                hook(None, None, None, None, 0)
+    finally:
+        INTERRUPTED.clear()

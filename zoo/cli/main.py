@@ -26,6 +26,7 @@ import threading
 from typing import Optional
 
 from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from zoo.cli.argv import LOG_DIR, expand_fit_wandb, normalise_argv
@@ -50,6 +51,19 @@ class FitConfigSaver(SaveConfigCallback):
 
 
 TRAINING_COMMANDS = {"fit", "validate", "test"}
+INTERRUPTED = threading.Event()  # Ctrl-C was pressed during this command
+
+
+class StopWhenInterrupted(Callback):
+    """Ctrl-C raises KeyboardInterrupt wherever the main thread is; where that is code whose
+    exceptions Python ignores (the logging module's fork hooks, while loader workers start), the
+    interrupt would be lost and the run go on. This raises it again at the next batch."""
+
+    def _check(self, *args, **kwargs) -> None:
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_validation_batch_end = on_test_batch_end = on_predict_batch_end = _check
 
 
 def logs_follow_root_dir(trainer) -> None:
@@ -101,6 +115,7 @@ class ZooCLI(LightningCLI):
         if self.subcommand == "fit":
             trainer.callbacks.append(StartValidation())  # scores the starting model; keeps it if best
         progress_on_stderr(trainer)
+        trainer.callbacks.append(StopWhenInterrupted())
         return trainer
 
     def after_fit(self) -> None:
@@ -144,10 +159,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     FULL_HELP["on"] = "--help_all" in argv
     argv = ["--help" if a == "--help_all" else a for a in argv]
     saved_argv, sys.argv = sys.argv, [saved_argv_name(), *argv]
-    interrupted = []
+    INTERRUPTED.clear()
 
     def on_sigint(signum, frame):  # remembered: Lightning turns an interrupt into SystemExit(1)
-        interrupted.append(True)
+        INTERRUPTED.set()
         raise KeyboardInterrupt
 
     saved_handler = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
@@ -176,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("zoo: interrupted", file=sys.stderr)
         return 130
     except SystemExit as e:
-        if interrupted:
+        if INTERRUPTED.is_set():
             print("zoo: interrupted", file=sys.stderr)
             return 130
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
