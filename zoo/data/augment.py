@@ -14,8 +14,10 @@ and normalises with the model's mean and std. In YAML::
 
 Presets: ``default`` (rotation, shifts, zoom, shear, brightness, flips: the original
 positives), ``copydetect`` (the edits people make to a copied photo, in random combinations:
-crop down to ~50 % of the area, mirror, rotation, colour jitter, grey, downscale, blur, JPEG at
-low quality) and ``copyset`` (a *different* family used to validate, calibrate and benchmark:
+crop down to ~30 % of the area, mirror, rotation, colour jitter, grey, then half the time one of
+overlay onto another photo, text, emoji stickers, border, aspect-ratio change, perspective or a
+screenshot frame, then downscale, blur, JPEG at low quality), each edit family of
+zoo.data.copyedits by its name (``overlay``, ``text``, ``heavy_crop``, ``combo``, ...) and ``copyset (a *different* family used to validate, calibrate and benchmark:
 three of six edits, each with its own fixed range: crop to 75-90 %, rotation up to 15 degrees,
 JPEG quality 15-35, brightness/colour jitter, mirror, half-size downscale).
 """
@@ -28,6 +30,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from zoo.data.copyedits import FAMILIES, OWN_EDITS, walk
 from zoo.errors import ZooError
 
 Spec = Union[str, Sequence[dict]]
@@ -42,11 +45,14 @@ PRESETS: dict[str, list[dict]] = {
     ],
     "copydetect": [
         {"name": "Resize", "args": {"size": "input"}},  # edit at the model's resolution: fast
-        {"name": "RandomResizedCrop", "args": {"size": "input", "scale": [0.5, 1.0], "ratio": [0.75, 1.333]}, "p": 0.8},
+        {"name": "RandomResizedCrop", "args": {"size": "input", "scale": [0.3, 1.0], "ratio": [0.75, 1.333]}, "p": 0.8},
         {"name": "RandomHorizontalFlip", "args": {"p": 0.5}},
         {"name": "RandomRotation", "args": {"degrees": 20}, "p": 0.3},
         {"name": "ColorJitter", "args": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.05}, "p": 0.8},
         {"name": "RandomGrayscale", "args": {"p": 0.05}},
+        {"name": "SomeOf", "args": {"n": 1, "transforms": [  # one of the edit families beyond these
+            *(FAMILIES[f][0] for f in ("overlay", "text", "emoji", "border", "aspect", "perspective", "screenshot"))]},
+         "p": 0.5},
         {"name": "Downscale", "args": {"scale": [0.25, 0.7]}, "p": 0.3},
         {"name": "GaussianBlur", "args": {"kernel_size": 7, "sigma": [0.1, 2.0]}, "p": 0.2},
         {"name": "JPEG", "args": {"quality": [10, 60]}, "p": 0.5},
@@ -61,6 +67,7 @@ PRESETS: dict[str, list[dict]] = {
             {"name": "Downscale", "args": {"scale": 0.5}},
         ]}},
     ],
+    **FAMILIES,
 }
 
 
@@ -99,7 +106,7 @@ class SomeOf(v2.Transform):
         return image
 
 
-OWN = {"Downscale": Downscale, "SomeOf": SomeOf}
+OWN = {"Downscale": Downscale, "SomeOf": SomeOf, **OWN_EDITS}
 
 
 def resolve_spec(spec: Spec | None) -> list[dict]:
@@ -155,16 +162,22 @@ def build_augmentation(spec: Spec | None, data_config: dict[str, Any]) -> v2.Com
     ])
 
 
-def make_copy(image: Image.Image, spec: Spec, seed: int, size: Sequence[int] | None = None) -> Image.Image:
+def make_copy(image: Image.Image, spec: Spec, seed: int, size: Sequence[int] | None = None,
+              others: Sequence[Image.Image] = ()) -> Image.Image:
     """A seeded edited copy of ``image`` (RGB PIL); ``size``: the working size of "input"
-    arguments (default: the image's own, as [H, W])."""
+    arguments (default: the image's own, as [H, W]); ``others``: photos an ``Overlay`` may paste
+    the image onto."""
     size = size or (image.size[1], image.size[0])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         state = random.getstate()
         random.seed(seed)
         try:
-            out = edits(spec, size)(image.convert("RGB"))
+            pipeline = edits(spec, size)
+            for step in walk(pipeline):
+                for other in others if hasattr(step, "remember") else ():
+                    step.remember(other)
+            out = pipeline(image.convert("RGB"))
         finally:
             random.setstate(state)
     return out if isinstance(out, Image.Image) else v2.functional.to_pil_image(out)
