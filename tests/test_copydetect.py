@@ -255,10 +255,24 @@ def test_cli_calibrate_then_duplicates_threshold_auto(shapes_dir, tmp_path, zoo_
     # the entry's threshold is the lowest with precision >= 0.9 on the same model's pair scores
     code, _, err = zoo_cli("calibrate", "--images", shapes_dir, "--sample", "12", "--copies", "2", *model)
     assert code == 2 and "already holds a calibration for test_resnet+frozen" in err
+    # size-aware (issue 20): the threshold is chosen for this library's size and its estimate reported
+    assert entry["size_aware"]["negative_pairs"] == entry["negative_pairs"] and "a library of 12 photos with 1 copy pairs: " in out
     code, out, err = zoo_cli("duplicates", "--images", shapes_dir, "--threshold", "auto", "--out", "d1", *model)
     assert code == 0, err
-    assert json.load(open(tmp_path / "d1" / "groups.json"))["threshold"] == entry["threshold"]
-    assert "--threshold auto: " in err
+    result = json.load(open(tmp_path / "d1" / "groups.json"))
+    report = result["auto_threshold"]
+    assert report["library_images"] == 12 and report["library_pairs"] == 66 and report["precision_target"] == 0.9
+    assert result["threshold"] >= report["search_floor"] and "--threshold auto: " in err
+    assert report["expected_precision"] is None or report["expected_precision"] >= 0.9
+    # a version 1 entry (one threshold) still works, with a note that it is not size-aware
+    data = json.load(open(tmp_path / "zoo-calibration.json"))
+    data["version"] = 1
+    del data["models"]["test_resnet+frozen | random init (seed 0)"]["size_aware"]
+    json.dump(data, open(tmp_path / "zoo-calibration.json", "w"))
+    code, out, err = zoo_cli("duplicates", "--images", shapes_dir, "--threshold", "auto", "--out", "d3", *model)
+    assert code == 0, err
+    assert json.load(open(tmp_path / "d3" / "groups.json"))["threshold"] == entry["threshold"]
+    assert "--threshold auto: " in err and "is version 1 (one threshold" in err and "does not adapt" in err
     # another model has no calibration in the file
     code, _, err = zoo_cli("duplicates", "--images", shapes_dir, "--threshold", "auto", "--out", "d2", *TINY)
     assert code == 2 and "no calibration for resnet50+frozen" in err

@@ -15,7 +15,7 @@ from zoo.dedup.duplicates import run_duplicates
 from zoo.dedup.quarantine import undo_quarantine
 from zoo.errors import ZooError
 from zoo.evaluate.benchmark import Architecture, run_benchmark
-from zoo.evaluate.calibration import calibrated_threshold, run_calibrate
+from zoo.evaluate.calibration import auto_threshold, run_calibrate
 from zoo.evaluate.video_benchmark import run_video_benchmark
 from zoo.index.command import run_index, run_search
 from zoo.model.listing import list_registered
@@ -104,14 +104,18 @@ class ZooTrainer(L.Trainer):
                    background_k: int = 10, out: str = "duplicates", exact_only: bool = False, plots: bool = False,
                    move_to: Optional[str] = None, undo: Optional[str] = None, exact: bool = False,
                    approximate: bool = False, nprobe: Optional[int] = None, grouping: str = "star", backbone=None,
-                   checkpoint=None, calibration="zoo-calibration.json", **options) -> None:
+                   checkpoint=None, calibration="zoo-calibration.json", precision: Optional[float] = None,
+                   **options) -> None:
         """Find exact and near-duplicate groups in a folder or an index.
 
         Args:
             images: folder to scan (exact duplicates by hash first, then near duplicates).
             index: an existing index to search for near duplicates (no model run).
             threshold: cosine similarity at or above which two images are near duplicates, or auto:
-                the model's threshold from `zoo calibrate` (read from --calibration).
+                the threshold reaching the calibrated precision at this library's size, from the
+                model's `zoo calibrate` (read from --calibration); expected precision goes to stderr
+                and groups.json.
+            precision: with --threshold auto, the precision to reach (default: the calibrated one).
             background: a folder of unrelated images, or an index of the same model: a pair's score
                 becomes its cosine minus the mean of both images' similarity to their k-th nearest
                 background image, and --threshold applies to that score (e.g. 0.1).
@@ -134,9 +138,12 @@ class ZooTrainer(L.Trainer):
         if exact and approximate:
             raise ZooError("--exact and --approximate exclude each other")
         model = resolve_model(model, backbone, checkpoint)
+        auto = None
         if threshold == "auto":
-            threshold = calibrated_threshold(calibration, model if index is None else None, index)
-        run_duplicates(model, images=images, index=index, threshold=threshold, out=out, background=background,
+            threshold, auto = auto_threshold(calibration, model if index is None else None, index, precision)
+        elif precision is not None:
+            raise ZooError("--precision goes with --threshold auto")
+        run_duplicates(model, images=images, index=index, threshold=threshold, out=out, background=background, auto=auto,
                        background_k=background_k, exact_only=exact_only, plots=plots, move_to=move_to, trainer=self,
                        search="exact" if exact else "ivf" if approximate else "auto", nprobe=nprobe,
                        grouping=grouping, **options)
@@ -144,6 +151,7 @@ class ZooTrainer(L.Trainer):
     @command(*MODEL_OPTIONS, "calibration", "overwrite", *LOADER_OPTIONS)
     def calibrate(self, model: ZooModel, images: str, sample: int = 200, precision: float = 0.95, copies: int = 1,
                   edits: Union[str, list[dict[str, Any]]] = "copyset", plot: Optional[str] = None, seed: int = 0,
+                  library_size: Optional[int] = None, library_copy_pairs: Optional[int] = None,
                   backbone=None, checkpoint=None, **options) -> None:
         """Find the model's copy-detection threshold for a target precision on your own photos.
 
@@ -157,9 +165,13 @@ class ZooTrainer(L.Trainer):
             edits: the copy edits: a preset of zoo.data.augment (copyset, copydetect) or a list of {name, args, p}.
             plot: precision/recall curve PNG (default: beside the calibration file).
             seed: seed of the sample and of the edits.
+            library_size: photos of the library the threshold is for: says how many photos the
+                sample needs (default: the folder's count).
+            library_copy_pairs: copy pairs expected in that library (default: one per ten photos).
         """
         run_calibrate(resolve_model(model, backbone, checkpoint), images, sample=sample, precision=precision,
-                      edits=edits, copies=copies, plot=plot, seed=seed, trainer=self, **options)
+                      edits=edits, copies=copies, plot=plot, seed=seed, trainer=self, library_size=library_size,
+                      library_copy_pairs=library_copy_pairs, **options)
 
     @command("overwrite", *LOADER_OPTIONS)
     def benchmark(self, model: ZooModel, backbone: Optional[list[str]] = None, head: Optional[list[str]] = None,

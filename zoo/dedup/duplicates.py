@@ -6,7 +6,8 @@ against a background set: zoo.dedup.background), group them (zoo.dedup.groups) a
 groups.json, pairs.csv, groups.csv, the nearest-similarity histogram and optional group plots.
 Memory stays linear in N: the search returns only the pairs above the threshold and each
 vector's nearest similarity. Nothing is deleted; ``--move-to`` hands the groups to
-zoo.dedup.quarantine.
+zoo.dedup.quarantine. With a size-aware calibration (``auto``: zoo.dedup.autothreshold), the
+search starts at a floor and the threshold is chosen for this library's size.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from zoo.data.images import scan_folder
+from zoo.dedup.autothreshold import AutoThreshold
 from zoo.dedup.background import background_pairs, background_similarity, background_vectors
 from zoo.dedup.exact import exact_groups
 from zoo.dedup.groups import group_similarity_range, make_groups
@@ -33,10 +35,12 @@ from zoo.io import atomic_path, check_writable_dir, write_json
 
 def near_groups(vectors: np.ndarray, paths: list[str], threshold: float, search: str = "auto",
                 nprobe: Optional[int] = None, grouping: str = "star", lossy: bool = False,
-                background_sims: Optional[np.ndarray] = None) -> tuple[list[dict], list[tuple], Optional[np.ndarray], dict]:
+                background_sims: Optional[np.ndarray] = None, choose=None) -> tuple[list[dict], list[tuple], Optional[np.ndarray], dict]:
     """(groups, pair rows (path_a, path_b, similarity), nearest similarities for the histogram
     or None, search summary). With ``background_sims`` (each vector's k-th nearest background
-    similarity) pairs are scored against the background set, by exact search."""
+    similarity) pairs are scored against the background set, by exact search. ``choose``:
+    similarities found above ``threshold`` -> (the threshold to apply, a report); the summary
+    then holds both ("threshold", "auto_threshold")."""
     if background_sims is not None:
         pairs, sims = background_pairs(vectors, background_sims, threshold)
         pairs, sims = np.asarray(pairs, np.int64).reshape(-1, 2), np.asarray(sims, np.float32)
@@ -49,6 +53,11 @@ def near_groups(vectors: np.ndarray, paths: list[str], threshold: float, search:
         print(f"zoo: near duplicates by {found.recall_note}"
               + ("; similarities from lossy index codes are approximate" if lossy else ""), file=sys.stderr)
         pairs, sims, nearest = found.pairs, found.sims, found.nearest
+    if choose is not None:
+        threshold, search_info["auto_threshold"] = choose(sims)
+        search_info["threshold"] = threshold
+        keep = sims >= threshold
+        pairs, sims = pairs[keep], sims[keep]
     pair_rows = [(paths[a], paths[b], s) for (a, b), s in zip(pairs.tolist(), sims.tolist())]
     groups = make_groups(len(paths), pairs, sims, grouping)
     lo, hi = group_similarity_range(groups, len(paths), pairs, sims)
@@ -97,12 +106,15 @@ def write_results(out: Path, result: dict, pair_rows: list[tuple], hist: Optiona
 
 def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicates", overwrite=False,
                    exact_only=False, plots=False, move_to=None, trainer=None, batch_size=32, num_workers=0,
-                   search="auto", nprobe=None, grouping="star", background=None, background_k=10) -> dict:
+                   search="auto", nprobe=None, grouping="star", background=None, background_k=10,
+                   auto: Optional[AutoThreshold] = None) -> dict:
     """``search``: "auto" (exact up to about 20k vectors, an inverted file above), "exact" or
     "ivf"; ``nprobe``: nearest lists each vector probes (more: higher recall, slower);
     ``grouping``: "star" (every member within the threshold of the group's first path) or
     "components" (connected components: chains of near duplicates); ``background``: a folder or
-    index whose k-th nearest similarity is subtracted from each pair's (zoo.dedup.background)."""
+    index whose k-th nearest similarity is subtracted from each pair's (zoo.dedup.background);
+    ``auto``: a size-aware calibration choosing the threshold for this library (``threshold``
+    is then unused)."""
     if (images is None) == (index is None):
         raise ZooError("give a folder (--images DIR) or an index (--index PATH)")
     if not 0.0 < threshold <= 1.0:
@@ -151,13 +163,23 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
                       else (model.architecture, model.weights_id))
             bg = background_similarity(vectors, background_vectors(background, bg_model, trainer, batch_size, num_workers,
                                                                    expect=expect), background_k)
-        near, pair_rows, hist, search_info = near_groups(vectors, paths, threshold, search, nprobe, grouping, lossy, bg)
+        choose = None
+        if auto is not None and bg is not None:
+            print(f"zoo: note: --threshold auto with --background applies the fixed threshold {threshold:.4f} "
+                  f"calibrated on raw similarities: it is not size-aware", file=sys.stderr)
+        elif auto is not None:
+            floor = auto.floor(len(paths))
+            threshold, choose = floor, (lambda sims: auto.choose(len(paths), sims, floor))
+        near, pair_rows, hist, search_info = near_groups(vectors, paths, threshold, search, nprobe, grouping, lossy, bg,
+                                                         choose)
+        threshold = search_info.get("threshold", threshold)
 
     exact_set = [sorted(g) for g in exact]
     result = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": str(images or index), "threshold": threshold, "model": model_desc,
         **({"background": str(background), "background_k": background_k} if background is not None else {}),
+        **({"auto_threshold": search_info.pop("auto_threshold")} if search_info and "auto_threshold" in search_info else {}),
         "exact_groups": exact_set, "near_groups": near, "search": search_info,
     }
     write_results(out, result, pair_rows, hist, plots)

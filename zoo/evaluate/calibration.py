@@ -5,14 +5,19 @@ A seeded sample of the folder's images gets edited copies (the ``copyset`` edits
 zoo.augment by default: three of crop, rotation, JPEG, colour, mirror, downscale); the model
 embeds originals and copies, and every pair of them is scored: (image, its copy) pairs are
 positives, all pairs of different images negatives. The lowest threshold with precision >=
-the target (the highest recall there) is written to a calibration file, keyed by the model's
-identity (architecture + weights id), where ``zoo duplicates --threshold auto`` finds it.
+the target on the sample (the highest recall there) is written to a calibration file, keyed by
+the model's identity (architecture + weights id), with the model's per-pair false-match rate
+(zoo.metrics.falsematch: the highest non-copy scores, a tail model, the copy-pair scores) from
+which ``zoo duplicates --threshold auto`` chooses the threshold for the size of the library it
+runs on (zoo.dedup.autothreshold). ``zoo calibrate`` also says how many photos a sample needs to
+measure the false-match rate a library of ``library_size`` photos needs.
 Thresholds are per model: a similarity means nothing across models.
 
-File format (JSON)::
+File format (JSON; version 1 entries lack "size_aware" and give one fixed threshold)::
 
-    {"version": 1, "models": {"<architecture> | <weights id>": {"threshold": 0.83, "precision": ...,
-     "recall": ..., "precision_target": 0.95, "images": 200, "copies": 1, "edits": "copyset", ...}}}
+    {"version": 2, "models": {"<architecture> | <weights id>": {"threshold": 0.83, "precision": ...,
+     "recall": ..., "precision_target": 0.95, "images": 200, "copies": 1, "edits": "copyset", ...,
+     "size_aware": {"negative_pairs": 79600, "top_negatives": [...], "tail": {...}, "positives": [...]}}}}
 """
 from __future__ import annotations
 
@@ -39,6 +44,8 @@ from zoo.io import (
     refuse_overwrite,
     write_json,
 )
+from zoo.dedup.autothreshold import AutoThreshold
+from zoo.metrics.falsematch import FalseMatchRate, photos_needed, required_rate
 from zoo.metrics.pairs import pair_scores, pr_curve, threshold_for_precision
 
 DEFAULT_FILE = "zoo-calibration.json"
@@ -52,7 +59,7 @@ def read_calibration(path: str | Path) -> dict:
     """The calibration file at ``path`` (empty if there is none); every model entry is an object."""
     path = Path(path)
     if not path.exists():
-        return {"version": 1, "models": {}}
+        return {"version": 2, "models": {}}
     data = read_json(path, "a zoo calibration file")
     try:
         if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
@@ -86,6 +93,7 @@ def save_entry(path: str | Path, key: str, entry: dict, overwrite: bool) -> None
         if key in data["models"] and not overwrite:
             raise ZooError(f"{path} already holds a calibration for {key}; pass --overwrite to replace it")
         data["models"][key] = entry
+        data["version"] = max(2, data.get("version", 1) if isinstance(data.get("version"), int) else 2)
         write_json(path, data)
 
 
@@ -138,11 +146,15 @@ def synthetic_copies(records, edits: Any, copies: int, seed: int, folder: Path) 
 
 def run_calibrate(model, images: str, sample: int = 200, precision: float = 0.95, edits: Any = "copyset",
                   copies: int = 1, calibration: str = DEFAULT_FILE, plot: Optional[str] = None, seed: int = 0,
-                  overwrite: bool = False, trainer=None, batch_size: int = BATCH_SIZE, num_workers: int = NUM_WORKERS) -> dict:
+                  overwrite: bool = False, trainer=None, batch_size: int = BATCH_SIZE, num_workers: int = NUM_WORKERS,
+                  library_size: Optional[int] = None, library_copy_pairs: Optional[int] = None) -> dict:
     if not 0.0 < precision < 1.0:
         raise ZooError(f"--precision {precision}: a target precision in (0, 1) is expected")
     if sample < 2 or copies < 1:
         raise ZooError(f"--sample {sample} --copies {copies}: at least 2 images and 1 copy each are needed")
+    if (library_size is not None and library_size < 2) or (library_copy_pairs is not None and library_copy_pairs < 1):
+        raise ZooError(f"--library_size {library_size} --library_copy_pairs {library_copy_pairs}: "
+                       f"at least 2 photos and 1 copy pair are expected")
     resolve_spec(edits)
     model = model.build()
     key = model_key(model.architecture, model.weights_id)
@@ -170,6 +182,7 @@ def run_calibrate(model, images: str, sample: int = 200, precision: float = 0.95
     title = f"{model.architecture} ({model.weights_id}) on {len(set(groups.tolist()))} images of {images}"
     pr_plot(curve, chosen, precision, plot_path, title)
     n_pos = int(positive.sum())
+    rate = FalseMatchRate.measure(scores, positive)
     if chosen["threshold"] is None:
         raise ZooError(f"no threshold reaches precision {precision} with {key} on these copies "
                        f"(best precision {curve['precision'].max():.3f}); see {plot_path}")
@@ -179,24 +192,81 @@ def run_calibrate(model, images: str, sample: int = 200, precision: float = 0.95
         "positive_pairs": n_pos, "negative_pairs": int(len(positive) - n_pos),
         "images": len(set(groups.tolist())), "copies": copies, "edits": edits, "seed": seed, "source": str(images),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "plot": str(plot_path),
+        "size_aware": rate.to_json(),
     }
     save_entry(cal_path, key, entry, overwrite)
     print(f"threshold {chosen['threshold']:.4f}: precision {chosen['precision']:.4f} (target {precision}), "
           f"recall {chosen['recall']:.4f} of {n_pos} copy pairs, {chosen['fp']} false pair(s) among "
           f"{len(positive) - n_pos} -> {cal_path} [{key}]")
+    print(sample_advice(rate, precision, library_size or len(records), library_copy_pairs, entry["images"], copies))
     print(f"zoo: precision/recall curve -> {plot_path}", file=sys.stderr)
     return entry
+
+
+def sample_advice(rate: FalseMatchRate, precision: float, library: int, copy_pairs: Optional[int], photos: int,
+                  copies: int) -> str:
+    """What a library of ``library`` photos (``copy_pairs`` copy pairs; default one per ten
+    photos) needs: the false-match rate per pair for ``precision``, and the sample size that
+    measures it (EMPIRICAL_MIN non-copy pairs above it) rather than leaving it to the tail model."""
+    copy_pairs = copy_pairs or max(1, library // 10)
+    fit = rate.tail
+    tail = (f"tail model: {fit['model']} xi {fit['xi']:.3f} sigma {fit['sigma']:.4f} over the {fit['k']} highest non-copy "
+            f"scores above {fit['u']:.4f} (KS p {fit['ks_pvalue']:.2f})") if fit else "no tail model (too few pairs)"
+    need = required_rate(rate, library, copy_pairs, precision)
+    if need is None:
+        return (f"a library of {library} photos with {copy_pairs} copy pairs: no threshold reaches precision {precision} "
+                f"with this model ({tail})")
+    fpr = need["false_match_rate"]
+    n = photos_needed(fpr, copies)
+    measured = "measured by this sample" if n <= photos else f"this sample's {photos} photos leave it to the {tail.split(':')[0]}"
+    return (f"a library of {library} photos with {copy_pairs} copy pairs: precision {precision} needs a false-match rate "
+            f"<= {fpr:.2e} per pair (threshold about {need['threshold']:.4f}, recall about {need['recall']:.2f}); "
+            f"measuring it takes --sample {n} photos with --copies {copies} ({measured}); {tail}")
+
+
+def auto_threshold(calibration: str | Path, model=None, index: Optional[str] = None,
+                   precision: Optional[float] = None) -> tuple[float, Optional[AutoThreshold]]:
+    """``--threshold auto``: (the fixed threshold calibrated on the sample, the size-aware
+    calibration or None for a version 1 entry, which gets a note). ``precision``: another
+    target than the calibrated one."""
+    if precision is not None and not 0.0 < precision < 1.0:
+        raise ZooError(f"--precision {precision}: a target precision in (0, 1) is expected")
+    architecture, weights = _identity(model, index)
+    threshold = lookup_threshold(calibration, architecture, weights)
+    key = model_key(architecture, weights)
+    entry = read_calibration(calibration)["models"][key]
+    if "size_aware" not in entry:
+        print(f"zoo: --threshold auto: {threshold:.4f} (calibrated for {architecture}, {calibration})", file=sys.stderr)
+        print(f"zoo: note: the calibration of {architecture} in {calibration} is version 1 (one threshold, measured on "
+              f"{entry.get('images', '?')} photos): it does not adapt to this library's size, so precision falls as the "
+              f"library grows; rerun `zoo calibrate --overwrite` for a size-aware one", file=sys.stderr)
+        if precision is not None:
+            raise ZooError(f"--precision {precision}: the version 1 calibration in {calibration} holds one threshold "
+                           f"for precision {entry.get('precision_target')}; rerun `zoo calibrate --overwrite`")
+        return threshold, None
+    try:
+        rate = FalseMatchRate.from_json(entry["size_aware"])
+    except (ValueError, TypeError) as e:
+        raise ZooError(f"{calibration}: the entry of {key[:80]} is damaged ({str(e)[:120]}); rerun `zoo calibrate --overwrite`") from None
+    target = precision if precision is not None else entry.get("precision_target")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
+        raise ZooError(f"{calibration}: the entry of {key[:80]} has no precision target in (0, 1); pass --precision")
+    copies = entry.get("copies") if isinstance(entry.get("copies"), int) and entry.get("copies") > 0 else 1
+    return threshold, AutoThreshold(rate, float(target), f"{calibration} [{key}]", copies)
+
+
+def _identity(model=None, index: Optional[str] = None) -> tuple[str, str]:
+    if index is not None:
+        meta = load_index(index).meta["model"]
+        return meta["architecture"], meta["weights"]
+    model = model.build()
+    return model.architecture, model.weights_id
 
 
 def calibrated_threshold(calibration: str | Path, model=None, index: Optional[str] = None) -> float:
     """``--threshold auto``: the threshold calibrated for ``model``, or for the model that
     built ``index``."""
-    if index is not None:
-        meta = load_index(index).meta["model"]
-        architecture, weights = meta["architecture"], meta["weights"]
-    else:
-        model = model.build()
-        architecture, weights = model.architecture, model.weights_id
+    architecture, weights = _identity(model, index)
     threshold = lookup_threshold(calibration, architecture, weights)
     print(f"zoo: --threshold auto: {threshold:.4f} (calibrated for {architecture}, {calibration})", file=sys.stderr)
     return threshold
