@@ -20,7 +20,9 @@ training. Extra ``zoo fit`` options follow ``--fit``.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -58,13 +60,15 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-6)
 
 
-def split(images: str, n_train: int, n_test: int, seed: int, near: float = 0.95):
-    """Seeded originals / distractors / train photos. Photo folders hold near-identical photos
-    (burst shots, video frames a few pixels apart); a pair of them would count as a false
-    positive of every model, and one in training would leak a test photo. So test photos are
-    drawn first, skipping any whose grey 32 x 32 thumbnail correlates at >= ``near`` with one
-    already drawn at any shift up to 4 px, and training takes the first ``n_train`` of the rest
-    that are not near-identical to a test photo. The test set does not depend on ``n_train``."""
+def split(images: str, n_train: int | None, n_originals: int, n_distractors: int, seed: int, n_calibration: int = 0,
+          near: float = 0.95):
+    """Seeded originals / distractors / calibration photos / training photos. Photo folders hold
+    near-identical photos (burst shots, video frames a few pixels apart); a pair of them would
+    count as a false positive of every model, and one in training would leak a test photo. So
+    the unseen photos (originals, then distractors, then the calibration pool) are drawn first,
+    skipping any whose grey 32 x 32 thumbnail correlates at >= ``near`` with one already drawn at
+    any shift up to 4 px, and training takes the first ``n_train`` (None: all) of the rest that
+    are not near-identical to an unseen photo. The unseen sets do not depend on ``n_train``."""
     records = sorted(scan_folder(images), key=lambda r: r.path)
     random.Random(seed).shuffle(records)
     thumbs = thumbnails(records)  # (N, 32, 32)
@@ -74,21 +78,24 @@ def split(images: str, n_train: int, n_test: int, seed: int, near: float = 0.95)
         shifted = _unit(np.stack([thumbs[i, dy:dy + 24, dx:dx + 24] for dy in range(9) for dx in range(9)]))  # (81, 576)
         return bool(drawn) and float((centres[drawn] @ shifted.T).max()) >= near
 
-    test, skipped, i = [], 0, 0
-    while len(test) < 2 * n_test and i < len(records):
-        if near_any(i, test):
+    unseen, skipped, i, want = [], 0, 0, n_originals + n_distractors + n_calibration
+    while len(unseen) < want and i < len(records):
+        if near_any(i, unseen):
             skipped += 1
         else:
-            test.append(i)
+            unseen.append(i)
         i += 1
-    if len(test) < 2 * n_test:
-        sys.exit(f"{images} holds {len(records)} photos, {len(test)} of them not near-identical; --test {n_test} needs {2 * n_test}")
-    rest = [k for k in range(i, len(records)) if not near_any(k, test)]
-    if len(rest) < n_train:
-        sys.exit(f"--train {n_train}: {images} has {len(rest)} photos beside the test set that are not near-identical to a test photo")
-    train = rest[:n_train]
-    print(f"split: {skipped} near-identical photos left out of the test set", file=sys.stderr)
-    return [records[k] for k in train], [records[k] for k in test[:n_test]], [records[k] for k in test[n_test:]]
+    if len(unseen) < want:
+        sys.exit(f"{images} holds {len(records)} photos, {len(unseen)} of them not near-identical; "
+                 f"{n_originals} originals + {n_distractors} distractors + {n_calibration} calibration photos need {want}")
+    rest = [k for k in range(i, len(records)) if not near_any(k, unseen)]
+    if n_train is not None and len(rest) < n_train:
+        sys.exit(f"--train {n_train}: {images} has {len(rest)} photos beside the unseen ones that are not near-identical to one")
+    train = rest if n_train is None else rest[:n_train]
+    print(f"split: {skipped} near-identical photos left out of the unseen sets; {len(train)} training photos", file=sys.stderr)
+    a, b = n_originals, n_originals + n_distractors
+    return ([records[k] for k in train], [records[k] for k in unseen[:a]], [records[k] for k in unseen[a:b]],
+            [records[k] for k in unseen[b:]])
 
 
 def copy_set(originals, folder: Path, seed: int):
@@ -130,11 +137,14 @@ def train(train_records, out: Path, epochs: int, batch_size: int, workers: int, 
 
     data = out / "train"
     data.mkdir(parents=True, exist_ok=True)
-    for old in data.iterdir():  # links of an earlier run (another --train): this run's set only
-        if old.is_symlink():
-            old.unlink()
-    for i, r in enumerate(train_records):
-        (data / f"{i:05d}{Path(r.path).suffix}").symlink_to(r.path)
+    for old in data.iterdir():  # files of an earlier run (another --train): this run's set only
+        old.unlink()
+    for i, r in enumerate(train_records):  # zoo reads no links out of a folder: hard links (or copies)
+        target = data / f"{i:05d}{Path(r.path).suffix}"
+        try:
+            os.link(r.path, target)
+        except OSError:
+            shutil.copyfile(r.path, target)
     runs = out / "runs"
     args = ["fit", "--config", str(ROOT / "configs/copydetect/mobilenetv2_shared.yaml"), "--model.weights", FROZEN["weights"],
             "--data.root", str(data), "--data.batch_size", str(batch_size), "--data.num_workers", str(workers),
