@@ -1,21 +1,28 @@
-"""Copy detection on unseen photos: frozen ImageNet MobileNetV2 versus the copydetect recipe.
+"""Copy detection on unseen photos: the trained copydetect recipe, the frozen MobileNetV2 it starts
+from, and perceptual hashes (imagededup PHash/DHash, PDQ), scored on the same pairs.
 
-    python benchmarks/copy_detection.py [--images ../shared/data/food7] [--train 1150] [--test 150]
-        [--epochs 5] [--checkpoint CKPT] [--frozen-only] [--out copy-detection-results] [--fit ...]
+    python benchmarks/copy_detection.py [--images ../shared/data/food7] [--originals 300] [--distractors 300]
+        [--copies 3] [--calibration-photos 200] [--train N] [--epochs 9] [--checkpoint CKPT] [--frozen-only]
+        [--no-peers] [--families F ...] [--libraries 300 1500] [--out copy-detection-results] [--fit ...]
 
-A seeded split of the folder's photos (classes are ignored): ``--test`` photos, never seen in
-training, each get one copy made by three random edits out of six (the ``copyset`` edits: crop
-to 75-90 %, rotation up to 15 degrees, JPEG quality 15-35, brightness/colour jitter, mirror,
-half-size downscale), plus ``--test`` other unseen photos as distractors; ``--train`` of the
-remaining photos train configs/copydetect/mobilenetv2_shared.yaml without labels (a tenth of
-them validate). Test photos are drawn skipping near-identical photos (grey-thumbnail check, see
-``split``) and training skips photos near-identical to a test photo. Every pair of (originals,
-copies, distractors) is scored by cosine similarity; the positives are the (original, copy)
-pairs. The table gives precision and recall at fixed thresholds, the threshold reaching
-precision 0.95 with its recall, and the pair AP, for the frozen features (average and GeM
-pooling) and the trained model; precision_recall.png and hardest_negatives.png (the trained
-model's highest-scoring pairs that are not copies) go to ``--out``. ``--checkpoint`` skips
-training. Extra ``zoo fit`` options follow ``--fit``.
+A seeded split of the folder's photos (classes are ignored; ``split``): ``--originals`` unseen
+photos, ``--distractors`` other unseen photos and ``--calibration-photos`` more unseen photos
+for ``zoo calibrate``, drawn skipping near-identical photos (grey-thumbnail check); every other
+photo not near-identical to those trains configs/copydetect/mobilenetv2_shared.yaml without
+labels (a tenth of them validate). With food7's 1505 photos the defaults leave about 640 to
+train on: the test library is 300 originals + 3 ``copyset`` copies each (crop to 75-90 %,
+rotation up to 15 degrees, JPEG quality 15-35, brightness/colour jitter, mirror, half-size
+downscale, three at a time) + 300 distractors = 1,500 files, whose every pair is scored.
+
+Tables (stdout): (1) every model and hash on all pairs of the 1,500 files: pair AP, precision
+and recall at fixed thresholds, the threshold reaching precision 0.95 and its recall; (2) recall
+at precision 0.95 per edit family of zoo.data.copyedits (the originals + the distractors + one
+copy of each original by that family alone); (3) ``zoo calibrate`` once on the calibration
+photos, then ``zoo duplicates --threshold auto`` on libraries of ``--libraries`` files (the same
+proportions; benchmarks/copy_library.py): measured precision and recall beside the expected ones.
+precision_recall.png and hardest_negatives.png (the trained model's highest-scoring pairs that
+are not copies) go to ``--out``. ``--checkpoint`` skips training. Extra ``zoo fit`` options
+follow ``--fit``. Hash rows need ``pip install -e .[bench]`` (skipped with a note otherwise).
 """
 from __future__ import annotations
 
@@ -33,7 +40,11 @@ import zoo
 from zoo.data.augment import make_copy
 from zoo.data.images import Record, scan_folder
 from zoo.embed.runner import embed
+from zoo.data.copyedits import FAMILIES
 from zoo.metrics.pairs import at_threshold, average_precision, pair_scores, pr_curve, threshold_for_precision
+
+from copy_library import library_table  # noqa: E402  (benchmarks/, beside this script)
+from copy_peers import hash_all, hash_pair_scores, hashers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -98,18 +109,27 @@ def split(images: str, n_train: int | None, n_originals: int, n_distractors: int
             [records[k] for k in unseen[b:]])
 
 
-def copy_set(originals, folder: Path, seed: int):
+def copy_set(originals, folder: Path, seed: int, spec="copyset", copies: int = 1, others=()):
+    """``copies`` seeded edited copies of each original (PNG files under ``folder``, reused when
+    there): (copy records, index of each copy's original). ``others``: records an ``overlay``
+    edit may paste a photo onto (training photos: no test photo shows up twice)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    copies = []
+    backgrounds = None
+    out, of = [], []
     for i, r in enumerate(originals):
-        p = folder / f"{i:04d}-{Path(r.path).parent.name}-{Path(r.path).stem}.png"
-        if not p.exists():
-            with Image.open(r.path) as im:
-                make_copy(im.convert("RGB"), "copyset", seed=seed * 7919 + i).save(p)
-        copies.append(Record(str(p)))
-    return copies
+        for c in range(copies):
+            p = folder / f"{i:04d}-{c}-{Path(r.path).parent.name}-{Path(r.path).stem}.png"
+            if not p.exists():
+                if backgrounds is None:
+                    backgrounds = [Image.open(o.path).convert("RGB") for o in list(others)[:8]]
+                with Image.open(r.path) as im:
+                    make_copy(im.convert("RGB"), spec, seed=seed * 7919 + i * 31 + c,
+                              others=backgrounds[i % max(len(backgrounds), 1):][:1]).save(p)
+            out.append(Record(str(p)))
+            of.append(i)
+    return out, of
 
 
 def same_photos(listing: str, images: str, items, groups: list[int]) -> int:
@@ -159,12 +179,15 @@ def train(train_records, out: Path, epochs: int, batch_size: int, workers: int, 
     return str(max(best, key=lambda p: p.stat().st_mtime))
 
 
-def evaluate(name: str, model, items, groups, thresholds, workers: int) -> dict:
-    t = time.time()
+def embed_items(model, items, workers: int):
+    """(vectors, kept records): the records the model could read, in order."""
     emb = embed(model, items, batch_size=32, num_workers=workers)
-    keep = {r.path for r in emb.records}
-    g = np.array([gr for r, gr in zip(items, groups) if r.path in keep])
-    scores, positive = pair_scores(emb.vectors, g)
+    return emb.vectors, emb.records
+
+
+def score_row(name: str, scores, positive, thresholds, items=None) -> dict:
+    """Pair AP, precision/recall at fixed thresholds, the threshold reaching precision 0.95
+    with its recall; with ``items``, the six highest-scoring non-copy pairs."""
     row = {"model": name, "pair_ap": average_precision(scores, positive)}
     for th in thresholds:
         m = at_threshold(scores, positive, th)
@@ -172,13 +195,36 @@ def evaluate(name: str, model, items, groups, thresholds, workers: int) -> dict:
     hit = threshold_for_precision(scores, positive, 0.95)
     row["thr@p95"], row["recall@p95"] = hit["threshold"], hit["recall"]
     row["pairs"] = f"{int(positive.sum())}/{len(positive)}"
-    row["_weights"] = model.weights_id
-    print(f"{name}: embedded {len(emb.records)} images in {time.time() - t:.0f} s", file=sys.stderr)
-    kept = [r for r in items if r.path in keep]
-    i, j = np.triu_indices(len(kept), 1)  # pair_scores' order
-    worst = np.argsort(-np.where(positive, -np.inf, scores))[:6]  # the highest-scoring non-copies
-    row["_curve"], row["_negatives"] = pr_curve(scores, positive), [(kept[i[k]].path, kept[j[k]].path, scores[k]) for k in worst]
+    row["_curve"] = pr_curve(scores, positive)
+    if items is not None:
+        i, j = np.triu_indices(len(items), 1)  # pair_scores' order
+        worst = np.argsort(-np.where(positive, -np.inf, scores))[:6]
+        row["_negatives"] = [(items[i[k]].path, items[j[k]].path, scores[k]) for k in worst]
     return row
+
+
+def evaluate(name: str, model, items, groups, thresholds, workers: int) -> tuple[dict, dict]:
+    """The model's row on (items, groups), and its vectors by path (for the other tables)."""
+    t = time.time()
+    vectors, kept = embed_items(model, items, workers)
+    group_of = {r.path: g for r, g in zip(items, groups)}
+    scores, positive = pair_scores(vectors, np.array([group_of[r.path] for r in kept]))
+    row = score_row(name, scores, positive, thresholds, kept)
+    row["_weights"] = model.weights_id
+    print(f"{name}: embedded {len(kept)} images in {time.time() - t:.0f} s", file=sys.stderr)
+    return row, dict(zip((r.path for r in kept), vectors))
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    print(title)
+    cols = [c for c in rows[0] if not c.startswith("_")]
+    print(" | ".join(f"{c:>10}" if c != "model" else f"{c:<36}" for c in cols))
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append(f"{v:<36}" if c == "model" else f"{v:>10.3f}" if isinstance(v, float) else f"{str(v):>10}")
+        print(" | ".join(cells))
 
 
 def pictures(rows: list[dict], out: Path) -> None:
@@ -199,7 +245,8 @@ def pictures(rows: list[dict], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "precision_recall.png", dpi=100)
     plt.close(fig)
-    negatives = rows[-1]["_negatives"]
+    shown = [r for r in rows if "_negatives" in r][-1]
+    negatives = shown["_negatives"]
     fig, axes = plt.subplots(2, len(negatives), figsize=(2.2 * len(negatives), 4.6), squeeze=False)
     for c, (a, b, score) in enumerate(negatives):
         for r, path in enumerate((a, b)):
@@ -209,24 +256,67 @@ def pictures(rows: list[dict], out: Path) -> None:
                                  f"{Path(path).parent.name}/{Path(path).name}"[:40], fontsize=7)
             axes[r][c].set_xticks([])
             axes[r][c].set_yticks([])
-    fig.suptitle(f"highest-scoring pairs that are not copies: {rows[-1]['model']}", fontsize=9)
+    fig.suptitle(f"highest-scoring pairs that are not copies: {shown['model']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "hardest_negatives.png", dpi=100)
     plt.close(fig)
     print(f"pictures: {out / 'precision_recall.png'}, {out / 'hardest_negatives.png'}", file=sys.stderr)
 
 
+def family_table(families, originals, distractors, train_records, out: Path, seed: int, models, vectors, peers,
+                 hash_cache, workers: int, images: str, listing: str) -> None:
+    """Recall at precision 0.95 per edit family: for each family, the originals, the distractors
+    and one copy of each original made by that family alone; every pair scored. Models: the
+    frozen GeM start and the trained model (the originals' and distractors' vectors reused),
+    and the hash peers."""
+    names = [n for n, _ in models if "avg pool" not in n]
+    table = []
+    for family in families:
+        t = time.time()
+        fcopies, fof = copy_set(originals, out / "families" / family, seed, spec=family, others=train_records)
+        items = [*originals, *distractors, *fcopies]
+        groups = [*range(len(originals)), *range(len(originals), len(originals) + len(distractors)), *fof]
+        same_photos(listing, images, items, groups)
+        row = {"family": family}
+        for name in names:
+            model = dict(models)[name]()
+            vecs, kept = embed_items(model, fcopies, workers)
+            have = {**vectors[name], **dict(zip((r.path for r in kept), vecs))}
+            keep = [k for k, r in enumerate(items) if r.path in have]
+            scores, positive = pair_scores(np.stack([have[items[k].path] for k in keep]), np.array([groups[k] for k in keep]))
+            row[name] = threshold_for_precision(scores, positive, 0.95)["recall"]
+        for name, fn in peers.items():
+            scores, positive = hash_pair_scores(hash_all(fn, [r.path for r in items], hash_cache.setdefault(name, {})), groups)
+            row[name] = threshold_for_precision(scores, positive, 0.95)["recall"]
+        table.append(row)
+        print(f"family {family}: {time.time() - t:.0f} s", file=sys.stderr)
+    cols = [c for c in table[0] if c != "family"]
+    print(f"\nrecall at precision 0.95 per edit family ({len(originals)} unseen photos + one copy each by that family "
+          f"alone + {len(distractors)} distractors; every pair scored)")
+    print("| family | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for r in table:
+        print(f"| {r['family']} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", default=str(SHARED / "data" / "food7"))
-    ap.add_argument("--train", type=int, default=1150)
-    ap.add_argument("--test", type=int, default=150)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--train", type=int, default=None, help="training photos (default: all beside the unseen ones)")
+    ap.add_argument("--originals", type=int, default=300)
+    ap.add_argument("--distractors", type=int, default=300)
+    ap.add_argument("--copies", type=int, default=3, help="copyset copies of each original in the test library")
+    ap.add_argument("--calibration-photos", type=int, default=200, help="unseen photos `zoo calibrate` samples")
+    ap.add_argument("--epochs", type=int, default=9)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None, help="a trained checkpoint: skip training")
     ap.add_argument("--frozen-only", action="store_true", help="score the frozen models only")
+    ap.add_argument("--no-peers", action="store_true", help="no perceptual-hash rows")
+    ap.add_argument("--families", nargs="*", default=list(FAMILIES), help="edit families of the per-family table ('' : none)")
+    ap.add_argument("--libraries", type=int, nargs="*", default=[300, 1500], help="library sizes for --threshold auto")
+    ap.add_argument("--precision", type=float, default=0.95)
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 0.95])
     ap.add_argument("--out", default="copy-detection-results")
     ap.add_argument("--same-photos", default=str(ROOT / "benchmarks" / "food7_same_photos.txt"),
@@ -234,33 +324,49 @@ def main() -> None:
     ap.add_argument("--fit", nargs=argparse.REMAINDER, default=[], help="more `zoo fit` options, e.g. --fit --model.lr 0.003")
     a = ap.parse_args()
     out = Path(a.out)
-    train_records, originals, distractors = split(a.images, a.train, a.test, a.seed)
-    copies = copy_set(originals, out / "copies", a.seed)
+    train_records, originals, distractors, calibration = split(a.images, a.train, a.originals, a.distractors, a.seed,
+                                                               a.calibration_photos)
+    copies, copy_of = copy_set(originals, out / "copies", a.seed, copies=a.copies)
     items = [*originals, *copies, *distractors]
-    groups = [*range(len(originals)), *range(len(originals)), *range(len(originals), len(originals) + len(distractors))]
+    groups = [*range(len(originals)), *copy_of, *range(len(originals), len(originals) + len(distractors))]
     merged = same_photos(a.same_photos, a.images, items, groups)
-    rows = [evaluate("frozen mobilenetv2_100 (avg pool)", zoo.ZooModel(**FROZEN), items, groups, a.thresholds, a.workers),
-            evaluate("frozen mobilenetv2_100 (GeM p=3)", zoo.ZooModel(**FROZEN_GEM), items, groups, a.thresholds, a.workers)]
+    models = [("frozen mobilenetv2_100 (avg pool)", lambda: zoo.ZooModel(**FROZEN)),
+              ("frozen mobilenetv2_100 (GeM p=3)", lambda: zoo.ZooModel(**FROZEN_GEM))]
+    ckpt = None
     if not a.frozen_only:
         ckpt = a.checkpoint or train(train_records, out, a.epochs, a.batch_size, a.workers, a.fit)
-        rows.append(evaluate(f"trained ({Path(ckpt).name})", zoo.load_model(ckpt), items, groups, a.thresholds, a.workers))
+        models.append((f"trained ({Path(ckpt).name})", lambda: zoo.load_model(ckpt)))
+    rows, vectors = [], {}
+    for name, make in models:
+        row, vectors[name] = evaluate(name, make(), items, groups, a.thresholds, a.workers)
+        rows.append(row)
+    peers = {} if a.no_peers else hashers()
+    hash_cache: dict = {}
+    for name, fn in peers.items():
+        t = time.time()
+        scores, positive = hash_pair_scores(hash_all(fn, [r.path for r in items], hash_cache.setdefault(name, {})), groups)
+        rows.insert(len(rows) - (0 if a.frozen_only else 1), score_row(name, scores, positive, a.thresholds))
+        print(f"{name}: hashed {len(items)} images in {time.time() - t:.0f} s", file=sys.stderr)
 
-    print(f"copy detection: {a.test} unseen photos + 1 copyset copy each + {a.test} distractors "
-          f"(" + (f"checkpoint {a.checkpoint}, " if a.checkpoint else f"train {a.train} photos, {a.epochs} epochs, batch {a.batch_size}, ")
+    print(f"copy detection: {len(originals)} unseen photos + {a.copies} copyset copies each + {len(distractors)} "
+          f"distractors = {len(items)} files (" + (f"checkpoint {a.checkpoint}, " if a.checkpoint else
+                                                   f"train {len(train_records)} photos, {a.epochs} epochs, batch {a.batch_size}, ")
           + f"seed {a.seed}{', ' + ' '.join(a.fit) if a.fit else ''}); "
           + (f"{merged} pairs of test photos that are one picture count as copies ({a.same_photos})" if merged
              else "raw labels: every pair of distinct photos is a non-copy"))
+    out.mkdir(parents=True, exist_ok=True)
     pictures(rows, out)
-    cols = [c for c in rows[0] if not c.startswith("_")]
-    print(" | ".join(f"{c:>10}" if c != "model" else f"{c:<36}" for c in cols))
+    print_table(rows, "all pairs of the library: pair AP, precision/recall at fixed thresholds, recall at precision 0.95")
     for r in rows:
-        cells = []
-        for c in cols:
-            v = r[c]
-            cells.append(f"{v:<36}" if c == "model" else f"{v:>10.3f}" if isinstance(v, float) else f"{str(v):>10}")
-        print(" | ".join(cells))
-    for r in rows:
-        print(f"# {r['model']}: weights {r['_weights']}")
+        if "_weights" in r:
+            print(f"# {r['model']}: weights {r['_weights']}")
+    families = [f for f in a.families if f]
+    if families:
+        family_table(families, originals, distractors, train_records, out, a.seed, models, vectors, peers, hash_cache,
+                     a.workers, a.images, a.same_photos)
+    if ckpt is not None and a.libraries:
+        library_table(ckpt, a.libraries, originals, copies, copy_of, distractors, calibration, groups, a.images,
+                      a.same_photos, out, a.precision, a.workers, vectors[models[-1][0]], a.copies)
 
 
 if __name__ == "__main__":

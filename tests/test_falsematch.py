@@ -135,3 +135,34 @@ def test_auto_threshold_reports_and_refuses_in_one_line(capsys):
         auto.choose(100_000, np.full(50, 0.95), floor=GRID[0])
     assert "\n" not in str(e.value)
     assert math.isclose(grid_rate().resolution, 1e-7)
+
+
+def test_calibration_entries_old_new_and_damaged(tmp_path, monkeypatch, capsys):
+    from zoo.evaluate import calibration
+
+    monkeypatch.setattr(calibration, "_identity", lambda model=None, index=None: ("arch", "w1"))
+    path = tmp_path / "cal.json"
+    rate = FalseMatchRate.measure(np.r_[GRID[:1000], [0.97] * 5], np.r_[np.zeros(1000, bool), np.ones(5, bool)])
+    entry = {"threshold": 0.8, "precision_target": 0.95, "copies": 2, "size_aware": rate.to_json()}
+    calibration.save_entry(path, "arch | w1", entry, overwrite=False)
+    assert json.loads(path.read_text())["version"] == 2
+    fixed, auto = calibration.auto_threshold(path)
+    assert fixed == 0.8 and auto.precision == 0.95 and auto.copies == 2 and auto.rate.n == 1000
+    assert calibration.auto_threshold(path, precision=0.99)[1].precision == 0.99
+    with pytest.raises(ZooError, match=r"--precision 1.5: a target precision in \(0, 1\)"):
+        calibration.auto_threshold(path, precision=1.5)
+    # version 1: one threshold, with a note; no other precision can be asked of it
+    calibration.save_entry(path, "arch | w1", {"threshold": 0.7, "precision_target": 0.95, "images": 200}, overwrite=True)
+    fixed, auto = calibration.auto_threshold(path)
+    assert (fixed, auto) == (0.7, None) and "is version 1 (one threshold, measured on 200 photos)" in capsys.readouterr().err
+    with pytest.raises(ZooError, match="holds one threshold for precision 0.95"):
+        calibration.auto_threshold(path, precision=0.9)
+    # a damaged size-aware entry (a file built to break it): one line, no traceback
+    for bad in ({"negative_pairs": 3, "top_negatives": [0.9, 0.8, 0.7, 0.6]}, {"negative_pairs": 10, "top_negatives": ["x"]},
+                {"negative_pairs": 10, "top_negatives": [0.5], "tail": {"model": "e", "u": float("nan"), "k": 1, "xi": 0,
+                                                                          "sigma": 1, "ks_pvalue": 1}}, "not an object"):
+        calibration.save_entry(path, "arch | w1", {"threshold": 0.7, "precision_target": 0.95, "size_aware": bad},
+                               overwrite=True)
+        with pytest.raises(ZooError, match=r"the entry of arch \| w1 is damaged") as e:
+            calibration.auto_threshold(path)
+        assert "\n" not in str(e.value)

@@ -32,7 +32,8 @@ class AutoThreshold:
     copies: int = 1  # copies per photo of the calibration sample (for "calibrate with M photos")
 
     def floor(self, n_items: int) -> float:
-        return search_floor(self.rate, n_items, max(FLOOR_FALSE_PAIRS_PER_IMAGE * n_items, 1000))
+        floor = search_floor(self.rate, n_items, max(FLOOR_FALSE_PAIRS_PER_IMAGE * n_items, 1000))
+        return min(max(floor, 1e-3), 1.0)  # a cosine threshold in (0, 1]
 
     def choose(self, n_items: int, sims: np.ndarray, floor: float) -> tuple[float, dict]:
         """(threshold, report) for a library of ``n_items`` whose pair search at ``floor`` found

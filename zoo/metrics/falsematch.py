@@ -143,7 +143,8 @@ class FalseMatchRate:
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"bad size-aware calibration ({type(e).__name__}: {str(e)[:80]})") from None
         if top.ndim != 1 or pos.ndim != 1 or n < len(top) or not (np.isfinite(top).all() and np.isfinite(pos).all()) \
-                or (tail is not None and not (0 < tail["k"] <= n and tail["sigma"] > 0)):
+                or (tail is not None and not (0 < tail["k"] <= n and tail["sigma"] > 0
+                                              and all(math.isfinite(tail[x]) for x in ("u", "xi", "sigma")))):
             raise ValueError("bad size-aware calibration (inconsistent counts or scores)")
         return cls(top=np.sort(top)[::-1], n=n, tail=tail, positives=np.sort(pos)[::-1])
 
