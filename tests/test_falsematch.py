@@ -166,3 +166,21 @@ def test_calibration_entries_old_new_and_damaged(tmp_path, monkeypatch, capsys):
         with pytest.raises(ZooError, match=r"the entry of arch \| w1 is damaged") as e:
             calibration.auto_threshold(path)
         assert "\n" not in str(e.value)
+
+
+def test_near_groups_apply_the_chosen_threshold():
+    from zoo.dedup.duplicates import near_groups
+
+    angle = lambda deg: [math.cos(math.radians(deg)), math.sin(math.radians(deg))]  # noqa: E731
+    vectors = np.array([angle(0), angle(5), angle(30), angle(90), angle(120)], np.float32)
+    seen = []
+
+    def choose(sims):
+        seen.append(sorted(np.round(sims.astype(np.float64), 4).tolist()))
+        return math.cos(math.radians(10)), {"chosen": True}
+
+    near, rows, _, info = near_groups(vectors, list("abcde"), threshold=0.8, search="exact", choose=choose)
+    # the search at the floor 0.8 finds 0-5, 0-30, 5-30, 90-120 (cos 30 = 0.866); the choice keeps 0-5 only
+    assert seen == [sorted(np.round([math.cos(math.radians(d)) for d in (5, 30, 25, 30)], 4).tolist())]
+    assert [(a, b) for a, b, _ in rows] == [("a", "b")] and [g["paths"] for g in near] == [["a", "b"]]
+    assert info["threshold"] == math.cos(math.radians(10)) and info["auto_threshold"] == {"chosen": True}
