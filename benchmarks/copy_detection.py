@@ -15,11 +15,12 @@ rotation up to 15 degrees, JPEG quality 15-35, brightness/colour jitter, mirror,
 downscale, three at a time) + 300 distractors = 1,500 files, whose every pair is scored.
 
 Tables (stdout): (1) every model and hash on all pairs of the 1,500 files: pair AP, precision
-and recall at fixed thresholds, the threshold reaching precision 0.95 and its recall; (2) recall
-at precision 0.95 per edit family of zoo.data.copyedits (the originals + the distractors + one
-copy of each original by that family alone); (3) ``zoo calibrate`` once on the calibration
-photos, then ``zoo duplicates --threshold auto`` on libraries of ``--libraries`` files (the same
-proportions; benchmarks/copy_library.py): measured precision and recall beside the expected ones.
+and recall at fixed thresholds, the threshold reaching precision 0.95 and its recall; (2)
+``zoo calibrate`` once on the calibration photos, then ``zoo duplicates --threshold auto`` on
+libraries of ``--libraries`` files (the same proportions; benchmarks/copy_library.py): measured
+precision and recall beside the expected ones; (3) recall at precision 0.95 per edit family of
+zoo.data.copyedits (the originals + the distractors + one copy of each original by that family
+alone).
 precision_recall.png and hardest_negatives.png (the trained model's highest-scoring pairs that
 are not copies) go to ``--out``. ``--checkpoint`` skips training. Extra ``zoo fit`` options
 follow ``--fit``. Hash rows need ``pip install -e .[bench]`` (skipped with a note otherwise).
@@ -360,13 +361,13 @@ def main() -> None:
     for r in rows:
         if "_weights" in r:
             print(f"# {r['model']}: weights {r['_weights']}")
+    if ckpt is not None and a.libraries:
+        library_table(ckpt, a.libraries, originals, copies, copy_of, distractors, calibration, groups, a.images,
+                      a.same_photos, out, a.precision, a.workers, vectors[models[-1][0]], a.copies)
     families = [f for f in a.families if f]
     if families:
         family_table(families, originals, distractors, train_records, out, a.seed, models, vectors, peers, hash_cache,
                      a.workers, a.images, a.same_photos)
-    if ckpt is not None and a.libraries:
-        library_table(ckpt, a.libraries, originals, copies, copy_of, distractors, calibration, groups, a.images,
-                      a.same_photos, out, a.precision, a.workers, vectors[models[-1][0]], a.copies)
 
 
 if __name__ == "__main__":
