@@ -265,12 +265,12 @@ def pictures(rows: list[dict], out: Path) -> None:
 
 
 def family_table(families, originals, distractors, train_records, out: Path, seed: int, models, vectors, peers,
-                 hash_cache, workers: int, images: str, listing: str) -> None:
+                 hash_cache, workers: int, images: str, listing: str, which: str = "all") -> None:
     """Recall at precision 0.95 per edit family: for each family, the originals, the distractors
     and one copy of each original made by that family alone; every pair scored. Models: the
     frozen GeM start and the trained model (the originals' and distractors' vectors reused),
     and the hash peers."""
-    names = [n for n, _ in models if "avg pool" not in n]
+    names = [n for n, _ in models if "avg pool" not in n and (which == "all" or n.startswith("trained"))]
     table = []
     for family in families:
         t = time.time()
@@ -314,6 +314,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default=None, help="a trained checkpoint: skip training")
     ap.add_argument("--frozen-only", action="store_true", help="score the frozen models only")
+    ap.add_argument("--family-models", choices=["trained", "all"], default="all",
+                    help="models of the per-family table: the trained one, or also the frozen GeM start")
     ap.add_argument("--no-peers", action="store_true", help="no perceptual-hash rows")
     ap.add_argument("--families", nargs="*", default=list(FAMILIES), help="edit families of the per-family table ('' : none)")
     ap.add_argument("--libraries", type=int, nargs="*", default=[300, 1500], help="library sizes for --threshold auto")
@@ -367,7 +369,7 @@ def main() -> None:
     families = [f for f in a.families if f]
     if families:
         family_table(families, originals, distractors, train_records, out, a.seed, models, vectors, peers, hash_cache,
-                     a.workers, a.images, a.same_photos)
+                     a.workers, a.images, a.same_photos, a.family_models)
 
 
 if __name__ == "__main__":
