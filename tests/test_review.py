@@ -247,3 +247,54 @@ def test_ids_after_update_and_removed_files(library):
         plan = c.post("/api/review/plan", json={"groups": [{"group": 1, "keep": after["circle/000.png"]}]},
                       headers=WRITE).json()
         assert [m["id"] for m in plan["moves"]] == [after["circle/000_small.png"]]
+
+
+# ---- `zoo duplicates --images DIR --review`: find, then serve the page ----------------------------------
+def test_duplicates_review_serves_the_page_with_a_printed_token(tmp_path):
+    import selectors
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    images = make_shapes(tmp_path / "photos", per_class=2, seed=5, shapes=("circle", "square"))
+    shutil.copy(images / "circle" / "000.png", images / "circle" / "copy.png")
+    cmd = [sys.executable, "-m", "zoo", "duplicates", "--images", str(images), "--out", str(tmp_path / "d"),
+           "--threshold", "0.9999", "--review", "--port", "0", "--protect", str(images / "square"),
+           "--protect", str(images / "circle"), *FAST]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ZOO_TOKEN": ""})
+    try:
+        lines, url, token = [], None, None
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline and sel.select(timeout=deadline - time.monotonic()):
+            line = proc.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if "need this token" in line:
+                token = line.rsplit(": ", 1)[1].strip()
+            if line.startswith("zoo: serving "):
+                url = line.split(" at ", 1)[1].split()[0]
+        assert url and url.endswith("/#review") and token, "".join(lines)
+        assert sum("need this token" in x for x in lines) == 1  # printed once
+        base = url.split("#")[0].rstrip("/")
+        page = httpx.get(f"{base}/api/review").json()
+        group = page["groups"][0]
+        assert page["total"] == 1 and group["kind"] == "exact" and {m["name"] for m in group["members"]} == {"000.png", "copy.png"}
+        assert all(m["id"] is not None for m in group["members"])  # OUT/index holds identical copies too
+        assert page["protect"] == [str(images / "square"), str(images / "circle")]
+        assert page["quarantine"] == str(tmp_path / "d" / "quarantine")
+        body = {"groups": [{"group": 0, "keep": group["members"][0]["id"]}]}
+        assert httpx.post(f"{base}/api/review/plan", json=body).status_code == 401
+        r = httpx.post(f"{base}/api/review/plan", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json()["refused"][0]["why"].startswith("in the protected folder")
+        keep = json.loads((tmp_path / "d" / "groups.json").read_text())["exact_keep"][0]
+        assert keep["path"] == str(images / "circle" / "000.png")  # the same choice as the page's
+        assert group["members"][group["keep"]["index"]]["path"] == keep["path"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert (tmp_path / "d" / "index" / "ZOO_INDEX.json").is_file()
