@@ -1,2 +1,3 @@
 """Duplicates: exact by hash, near by embedding (exact or inverted-file pair search), pair
-scores against a background set, grouping and the quarantine with its undo."""
+scores against a background set, grouping, which member to keep and why (facts, keep), and the
+quarantine with its undo."""
