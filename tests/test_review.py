@@ -298,3 +298,12 @@ def test_duplicates_review_serves_the_page_with_a_printed_token(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
     assert (tmp_path / "d" / "index" / "ZOO_INDEX.json").is_file()
+
+
+def test_review_options_that_cannot_work_are_one_line(shapes_dir, tmp_path, zoo_cli):
+    code, _, err = zoo_cli("duplicates", "--images", shapes_dir, "--out", tmp_path / "d", "--exact_only", "--review")
+    assert code == 2 and err.strip().endswith("--review of a folder needs the model's vectors (for the page's index); "
+                                              "drop --exact_only")
+    code, _, err = zoo_cli("duplicates", "--images", shapes_dir, "--out", tmp_path / "d", "--keep_rules", "size")
+    assert code == 2 and "--keep_rules size: one of pixels, compression, sharpness, date" in err
+    assert not (tmp_path / "d").exists()  # refused before anything ran

@@ -120,6 +120,8 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
         raise ZooError(f"--threshold {threshold}: a cosine similarity in (0, 1] is expected")
     check_search_options(search, nprobe, grouping)
     keep_rules = check_rules(keep_rules)
+    if review and images is not None and exact_only:
+        raise ZooError("--review of a folder needs the model's vectors (for the page's index); drop --exact_only")
     out = Path(out)
     if (out / "groups.json").exists() and not overwrite:
         raise ZooError(f"{out} already holds duplicate results; pass --overwrite or another --out")
