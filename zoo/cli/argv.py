@@ -16,12 +16,12 @@ LOG_DIR = "runs"  # where fit/validate/test log (and checkpoint) unless --traine
 
 
 def normalise_argv(argv: list[str]) -> list[str]:
-    """Space-separated list values, bare switches and ``-k N`` (jsonargparse wants JSON lists,
-    ``--switch true`` and ``--k``)."""
+    """Space-separated list values (a repeated list option adds to it), bare switches and ``-k N``
+    (jsonargparse wants JSON lists, ``--switch true`` and ``--k``)."""
     if not argv:
         return argv
     lists, bare = LIST_OPTIONS.get(argv[0], set()), SWITCHES.get(argv[0], set())
-    out, i = [], 0
+    out, i, given = [], 0, {}
     while i < len(argv):
         a = argv[i]
         if a == "-k":
@@ -38,7 +38,12 @@ def normalise_argv(argv: list[str]) -> list[str]:
             while j < len(argv) and not argv[j].startswith("-"):
                 j += 1
             values = argv[i + 1 : j]
-            out += [a, values[0] if len(values) == 1 and values[0].lstrip().startswith("[") else json.dumps(values)]
+            if a in given and not (len(values) == 1 and values[0].lstrip().startswith("[")):
+                values = given[a] + values  # a repeated list option adds to it: --protect a --protect b
+                out[out.index(a) + 1] = json.dumps(values)
+            else:
+                out += [a, values[0] if len(values) == 1 and values[0].lstrip().startswith("[") else json.dumps(values)]
+            given[a] = values
             i = j
             continue
         out.append(a)

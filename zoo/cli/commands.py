@@ -5,6 +5,7 @@ owns the work; options several commands share are declared once (zoo.cli.options
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import lightning as L
@@ -12,6 +13,7 @@ import lightning as L
 from zoo.cli.options import LOADER_OPTIONS, MODEL_OPTIONS, command
 from zoo.dedup.compare import run_compare
 from zoo.dedup.duplicates import run_duplicates
+from zoo.dedup.keep import DEFAULT_RULES
 from zoo.dedup.quarantine import undo_quarantine
 from zoo.errors import ZooError
 from zoo.evaluate.benchmark import Architecture, run_benchmark
@@ -98,13 +100,15 @@ class ZooTrainer(L.Trainer):
         """
         run_compare(resolve_model(model, backbone, checkpoint), images, matrix=matrix, trainer=self, **options)
 
-    @command(*MODEL_OPTIONS, "calibration", "overwrite", *LOADER_OPTIONS)
+    @command(*MODEL_OPTIONS, "calibration", "overwrite", "protect", "keep_rules", *LOADER_OPTIONS)
     def duplicates(self, model: ZooModel, images: Optional[str] = None, index: Optional[str] = None,
                    threshold: Union[float, Literal["auto"]] = 0.95, background: Optional[str] = None,
                    background_k: int = 10, out: str = "duplicates", exact_only: bool = False, plots: bool = False,
                    move_to: Optional[str] = None, undo: Optional[str] = None, exact: bool = False,
-                   approximate: bool = False, nprobe: Optional[int] = None, grouping: str = "star", backbone=None,
+                   approximate: bool = False, nprobe: Optional[int] = None, grouping: str = "star",
+                   review: bool = False, port: int = 8000, token: Optional[str] = None, backbone=None,
                    checkpoint=None, calibration="zoo-calibration.json", precision: Optional[float] = None,
+                   protect=None, keep_rules=None,
                    **options) -> None:
         """Find exact and near-duplicate groups in a folder or an index.
 
@@ -132,6 +136,11 @@ class ZooTrainer(L.Trainer):
                 reach 0.98 recall on a calibration; more: higher recall, slower).
             grouping: star (every member within the threshold of the group's centre) or components
                 (chains of near duplicates merge); --move-to keeps the best file of each group.
+            review: then serve the review page on this machine (prints its address; Ctrl-C stops):
+                see each group, choose what to keep, move the rest to --move-to (default
+                OUT/quarantine) and undo; with --images the vectors are also saved as OUT/index.
+            port: --review: the page's port (0: any free one).
+            token: --review: the token moves need (default: env ZOO_TOKEN, else one printed at start-up).
         """
         if undo:
             return undo_quarantine(undo)
@@ -143,10 +152,17 @@ class ZooTrainer(L.Trainer):
             threshold, auto = auto_threshold(calibration, model if index is None else None, index, precision)
         elif precision is not None:
             raise ZooError("--precision goes with --threshold auto")
+        rules = tuple(keep_rules or DEFAULT_RULES)
         run_duplicates(model, images=images, index=index, threshold=threshold, out=out, background=background, auto=auto,
                        background_k=background_k, exact_only=exact_only, plots=plots, move_to=move_to, trainer=self,
                        search="exact" if exact else "ivf" if approximate else "auto", nprobe=nprobe,
-                       grouping=grouping, **options)
+                       grouping=grouping, keep_rules=rules, protect=protect or (), review=review, **options)
+        if review:
+            from zoo.serve.server import run_server  # fastapi and uvicorn, only for serving
+
+            run_server(index or str(Path(out) / "index"), port=port, token=token, duplicates=out,
+                       move_to=move_to or str(Path(out) / "quarantine"), keep_rules=rules, protect=protect or (),
+                       precision=str(self.precision), page="#review")
 
     @command(*MODEL_OPTIONS, "calibration", "overwrite", *LOADER_OPTIONS)
     def calibrate(self, model: ZooModel, images: str, sample: int = 200, precision: float = 0.95, copies: int = 1,
@@ -232,18 +248,22 @@ class ZooTrainer(L.Trainer):
         export_model(resolve_model(model, backbone, checkpoint), format=format, out=out, overwrite=overwrite,
                      opset=opset)
 
-    @command()
+    @command("protect", "keep_rules")
     def serve(self, model: ZooModel, index: str = "zoo.index", host: str = "127.0.0.1", port: int = 8000,
               token: Optional[str] = None, duplicates: Optional[str] = None, max_upload_mb: float = 20.0,
-              threads: int = 1, allowed_hosts: Optional[list[str]] = None, max_pixels: int = 40_000_000) -> None:
+              threads: int = 1, allowed_hosts: Optional[list[str]] = None, max_pixels: int = 40_000_000,
+              read_only: bool = False, move_to: Optional[str] = None, protect=None, keep_rules=None) -> None:
         """Serve searches over HTTP: a JSON API (docs at /docs) and a web page; the index's model loads once.
 
         Args:
             index: index folder made by `zoo index`.
             host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
             port: TCP port (0: any free port; the address is printed on stderr).
-            token: require `Authorization: Bearer TOKEN` on the API (default: env ZOO_TOKEN).
-            duplicates: a `zoo duplicates` result (DIR or DIR/groups.json) to browse.
+            token: require `Authorization: Bearer TOKEN` on the API (default: env ZOO_TOKEN); moves
+                and undos need a token even without it (one is printed at start-up).
+            duplicates: a `zoo duplicates` result (DIR or DIR/groups.json) to review (the page's Review tab).
+            read_only: refuse every write (moving, undoing) with 403.
+            move_to: the review page's quarantine folder (default: DIR/quarantine beside groups.json).
             max_upload_mb: largest image upload accepted, in MiB.
             threads: CPU threads of a forward pass (requests take turns on the one model).
             allowed_hosts: more names the server may be reached by (the Host header), e.g. [photos.lan];
@@ -254,7 +274,9 @@ class ZooTrainer(L.Trainer):
 
         run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb,
                    threads=threads, allowed_hosts=allowed_hosts or (), max_pixels=max_pixels,
-                   precision=str(self.precision))  # the index's own by default (zoo.cli.main.default_precision)
+                   precision=str(self.precision), read_only=read_only, move_to=move_to,
+                   keep_rules=tuple(keep_rules or DEFAULT_RULES), protect=protect or (),
+                   page="#review" if duplicates else "")  # the index's own by default (zoo.cli.main.default_precision)
 
     @command()
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False) -> None:

@@ -33,6 +33,11 @@ SHARED: dict[str, Option] = {
     "batch_size": Option(int, BATCH_SIZE, "images per forward pass (on a GPU, 256 or more keeps it busy)."),
     "num_workers": Option(int, NUM_WORKERS, "loader processes that read and decode files (on a GPU machine, "
                                             "about the number of CPU cores)."),
+    "protect": Option(Optional[list[str]], None, "folders whose files are never moved (and are kept first), "
+                                                 "e.g. --protect ~/originals (repeat or list several)."),
+    "keep_rules": Option(Optional[list[str]], None, "which member of a group to keep, rule by rule (default: pixels "
+                                                    "compression sharpness date: most pixels, least compressed, "
+                                                    "sharpest, oldest EXIF date)."),
     "calibration": Option(str, "zoo-calibration.json", "the calibration file (`zoo calibrate` writes it, "
                                                        "`--threshold auto` reads it)."),
 }

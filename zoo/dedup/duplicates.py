@@ -24,12 +24,13 @@ from zoo.data.images import scan_folder
 from zoo.dedup.autothreshold import AutoThreshold
 from zoo.dedup.background import background_pairs, background_similarity, background_vectors
 from zoo.dedup.exact import exact_groups
-from zoo.dedup.groups import group_similarity_range, make_groups
+from zoo.dedup.groups import group_pairs, group_similarity_range, make_groups
+from zoo.dedup.keep import DEFAULT_RULES, check_rules, suggest
 from zoo.dedup.pairsearch import check_search_options, find_pairs
 from zoo.dedup.quarantine import check_quarantine_target, quarantine
 from zoo.embed.runner import embed
 from zoo.errors import ZooError
-from zoo.index.core import Hit, load_index
+from zoo.index.core import Hit, ZooIndex, load_index
 from zoo.io import atomic_path, check_writable_dir, write_json
 
 
@@ -61,8 +62,9 @@ def near_groups(vectors: np.ndarray, paths: list[str], threshold: float, search:
     pair_rows = [(paths[a], paths[b], s) for (a, b), s in zip(pairs.tolist(), sims.tolist())]
     groups = make_groups(len(paths), pairs, sims, grouping)
     lo, hi = group_similarity_range(groups, len(paths), pairs, sims)
-    near = [{"paths": [paths[i] for i in g], "min_similarity": float(a), "max_similarity": float(b)}
-            for g, a, b in zip(groups, lo, hi)]
+    inside = group_pairs(groups, len(paths), pairs, sims)
+    near = [{"paths": [paths[i] for i in g], "min_similarity": float(a), "max_similarity": float(b), "pairs": p}
+            for g, a, b, p in zip(groups, lo, hi, inside)]
     hist = nearest[np.isfinite(nearest)] if nearest is not None else None  # from the same search
     return near, pair_rows, hist, search_info
 
@@ -84,11 +86,15 @@ def write_results(out: Path, result: dict, pair_rows: list[tuple], hist: Optiona
             w.writerow([a, b, f"{s:.6f}", "near"])
     with atomic_path(out / "groups.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["group", "kind", "path"])
-        for i, g in enumerate(exact_set):
-            w.writerows([[f"exact-{i}", "exact", p] for p in g])
+        w.writerow(["group", "kind", "path", "keep", "reasons"])
+        keeps = result.get("exact_keep") or [{}] * len(exact_set)
+        for i, (g, k) in enumerate(zip(exact_set, keeps)):
+            w.writerows([[f"exact-{i}", "exact", p, int(p == k.get("path")), "; ".join(k.get("reasons", ()))
+                          if p == k.get("path") else ""] for p in g])
         for i, g in enumerate(near):
-            w.writerows([[f"near-{i}", "near", p] for p in g["paths"]])
+            k = g.get("keep") or {}
+            w.writerows([[f"near-{i}", "near", p, int(p == k.get("path")), "; ".join(k.get("reasons", ()))
+                          if p == k.get("path") else ""] for p in g["paths"]])
     if hist is not None and len(hist):
         from zoo.report.plots import histogram
 
@@ -107,19 +113,26 @@ def write_results(out: Path, result: dict, pair_rows: list[tuple], hist: Optiona
 def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicates", overwrite=False,
                    exact_only=False, plots=False, move_to=None, trainer=None, batch_size=32, num_workers=0,
                    search="auto", nprobe=None, grouping="star", background=None, background_k=10,
-                   auto: Optional[AutoThreshold] = None) -> dict:
+                   auto: Optional[AutoThreshold] = None, keep_rules=DEFAULT_RULES, protect=(), review=False) -> dict:
     """``search``: "auto" (exact up to about 20k vectors, an inverted file above), "exact" or
     "ivf"; ``nprobe``: nearest lists each vector probes (more: higher recall, slower);
     ``grouping``: "star" (every member within the threshold of the group's first path) or
     "components" (connected components: chains of near duplicates); ``background``: a folder or
     index whose k-th nearest similarity is subtracted from each pair's (zoo.dedup.background);
     ``auto``: a size-aware calibration choosing the threshold for this library (``threshold``
-    is then unused)."""
+    is then unused);
+    ``keep_rules``, ``protect``: which member of each group to keep (zoo.dedup.keep), written to
+    groups.json and used by ``move_to``; ``review``: with ``images``, also write the vectors as
+    an index ``OUT/index`` for `zoo serve --duplicates` (every file, identical copies too), and
+    leave ``move_to`` to the review page."""
     if (images is None) == (index is None):
         raise ZooError("give a folder (--images DIR) or an index (--index PATH)")
     if not 0.0 < threshold <= 1.0:
         raise ZooError(f"--threshold {threshold}: a cosine similarity in (0, 1] is expected")
     check_search_options(search, nprobe, grouping)
+    keep_rules = check_rules(keep_rules)
+    if review and images is not None and exact_only:
+        raise ZooError("--review of a folder needs the model's vectors (for the page's index); drop --exact_only")
     out = Path(out)
     if (out / "groups.json").exists() and not overwrite:
         raise ZooError(f"{out} already holds duplicate results; pass --overwrite or another --out")
@@ -135,7 +148,7 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
         model_desc = idx.describe()
     else:
         root = Path(os.path.abspath(images))
-    if move_to:
+    if move_to and not review:
         check_quarantine_target(Path(move_to), root)  # before the slow part
     if index is None:
         records = scan_folder(images)
@@ -146,10 +159,13 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
         else:
             # one copy of each identical group goes through the model
             dup_extra = {p for g in exact for p in g[1:]}
-            emb = embed(model.build(), [r for r in records if r.path not in dup_extra], trainer=trainer,
+            built = model.build()
+            emb = embed(built, [r for r in records if r.path not in dup_extra], trainer=trainer,
                         batch_size=batch_size, num_workers=num_workers)
             paths, vectors = [r.path for r in emb.records], emb.vectors
             model_desc = f"{model.architecture} (weights: {model.weights_id})"
+            if review:
+                save_review_index(built, emb, records, exact, root, out / "index", overwrite, trainer)
 
     near: list[dict] = []
     pair_rows: list[tuple] = []
@@ -175,17 +191,38 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
         threshold = search_info.get("threshold", threshold)
 
     exact_set = [sorted(g) for g in exact]
+    for g in near:
+        g["keep"] = suggest(g["paths"], keep_rules, protect)
     result = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": str(images or index), "threshold": threshold, "model": model_desc,
         **({"background": str(background), "background_k": background_k} if background is not None else {}),
         **({"auto_threshold": search_info.pop("auto_threshold")} if search_info and "auto_threshold" in search_info else {}),
         "exact_groups": exact_set, "near_groups": near, "search": search_info,
+        "exact_keep": [suggest(g, keep_rules, protect) for g in exact_set], "keep_rules": list(keep_rules),
     }
     write_results(out, result, pair_rows, hist, plots)
     print(f"zoo: {len(exact_set)} exact and {len(near)} near-duplicate group(s) at cosine >= {threshold} -> {out}/groups.json, groups.csv, pairs.csv")
     for i, g in enumerate(exact_set + [g["paths"] for g in near]):
         print(f"  group {i}: " + "  ".join(g))
-    if move_to:
-        quarantine(exact_set + [g["paths"] for g in near], Path(move_to), root)
+    if move_to and not review:
+        quarantine(exact_set + [g["paths"] for g in near], Path(move_to), root, keep_rules, protect)
     return result
+
+
+def save_review_index(model, emb, records, exact: list[list[str]], root: Path, out: Path, overwrite: bool,
+                      trainer=None) -> None:
+    """The embedded folder as an index at ``out`` (for the review page: files by id), every
+    identical copy with its twin's vector."""
+    at = {r.path: i for i, r in enumerate(emb.records)}
+    twin = {p: g[0] for g in exact for p in g[1:]}
+    rows, recs = [], []
+    for r in records:
+        i = at.get(r.path, at.get(twin.get(r.path)))
+        if i is not None:
+            rows.append(i)
+            recs.append(r)
+    extra = {"precision": str(trainer.precision)} if trainer is not None else {}
+    idx = ZooIndex.create(model, "Flat", root=root, **extra)
+    idx.add(emb.vectors[rows], recs)
+    idx.save(out, overwrite=overwrite)

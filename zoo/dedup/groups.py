@@ -92,3 +92,21 @@ def make_groups(n: int, pairs: np.ndarray, sims: np.ndarray, grouping: str = "st
         return star_groups(n, pairs, sims)
     check_grouping(grouping)
     return component_groups(n, pairs)
+
+
+def group_pairs(groups: list[np.ndarray], n: int, pairs: np.ndarray, sims: np.ndarray) -> list[list[list]]:
+    """Per group, its pairs above the threshold as ``[i, j, similarity]`` with i < j positions
+    in the group's member list: O(pairs + N)."""
+    label = np.full(n, -1, np.int64)
+    pos = np.zeros(n, np.int64)
+    for gi, m in enumerate(groups):
+        label[m] = gi
+        pos[m] = np.arange(len(m))
+    out: list[list[list]] = [[] for _ in groups]
+    la, lb = label[pairs[:, 0]], label[pairs[:, 1]]
+    for k in np.nonzero((la >= 0) & (la == lb))[0].tolist():
+        i, j = sorted((int(pos[pairs[k, 0]]), int(pos[pairs[k, 1]])))
+        out[int(la[k])].append([i, j, round(float(sims[k]), 6)])
+    for g in out:
+        g.sort()
+    return out

@@ -24,12 +24,16 @@ import secrets
 import shutil
 import stat
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
+from zoo.dedup.facts import file_facts
 from zoo.dedup.groups import connected_components
+from zoo.dedup.keep import DEFAULT_RULES, choose_keep
 from zoo.errors import ZooError
 from zoo.io import check_writable_dir, open_regular, read_json, sha256_file, write_json
 
@@ -118,20 +122,48 @@ def components(groups: list[list[str]]) -> list[list[str]]:
     return sorted(sorted(paths[i] for i in c) for c in connected_components(len(paths), edges))
 
 
-def best_file(paths: list[str]) -> str:
-    """The copy to keep: most pixels, then largest file, then first by name."""
-    from PIL import Image
+def best_file(paths: list[str], rules: Sequence[str] = DEFAULT_RULES) -> str:
+    """The copy to keep (zoo.dedup.keep: most pixels, then least compressed, then sharpest, then
+    oldest EXIF date, then largest file, then first by name)."""
+    return paths[choose_keep([file_facts(p) for p in paths], rules).index]
 
-    def quality(p: str):
-        try:
-            with open_regular(p) as f, Image.open(f) as im:
-                pixels = im.size[0] * im.size[1]
-        except Exception:
-            pixels = -1
-        size = os.path.getsize(p) if os.path.exists(p) else -1
-        return (-pixels, -size, p)
 
-    return min(paths, key=quality)
+def is_under(path: Path, folders: Sequence[Path]) -> Optional[Path]:
+    """The first of ``folders`` (real paths) that holds ``path``, or None."""
+    return next((f for f in folders if f == path or f in path.parents), None)
+
+
+def check_movable(path: str, root: Path, protect: Sequence[Path] = ()) -> tuple[Optional[Path], Optional[str]]:
+    """(its real path, None) when the file ``path`` may move to a quarantine of ``root`` (a real
+    path), else (None, why): gone, a link, not a regular file, outside ``root``, reached through
+    a linked folder, or in one of the ``protect`` folders (real paths)."""
+    path = os.path.abspath(path)
+    if not os.path.lexists(path):
+        return None, "gone"
+    if os.path.islink(path):
+        return None, "a link"
+    if not os.path.isfile(path):
+        return None, "not a regular file"
+    real = Path(os.path.realpath(os.path.dirname(path))) / os.path.basename(path)
+    if root not in real.parents:
+        return None, f"outside {root}"
+    if not _no_link_below(Path(path), root):
+        return None, "reached through a linked folder"
+    held = is_under(real, protect)
+    if held is not None:
+        return None, f"in the protected folder {held}"
+    return real, None
+
+
+def _no_link_below(path: Path, root: Path) -> bool:
+    """Whether ``path`` reaches ``root`` (a real path) through its own parents, none of them a
+    link below ``root`` (a link above it, e.g. /tmp -> /private/tmp, is the root's own name)."""
+    for folder in path.parents:
+        if os.path.realpath(folder) == str(root):
+            return True
+        if os.path.islink(folder):
+            return False
+    return False
 
 
 # ---- moving files through open folders ----------------------------------------------------
@@ -193,44 +225,80 @@ def move_between(src_top: Path, src: PurePath, dst_top: Path, dst: PurePath, cre
 
 
 # ---- quarantine and undo -------------------------------------------------------------------
-def quarantine(groups: list[list[str]], dest: Path, root: Path) -> Path:
-    """Move all but the best file of each connected group to ``dest/BATCH/`` at the same path
-    relative to ``root``. Only regular files (not links) whose real folder is inside ``root``
-    move; every move is in the signed manifest before any file moves."""
+@dataclass
+class Batch:
+    """What one quarantine did: its manifest, the files moved, those refused or left (with why)."""
+    manifest: Path
+    batch: str
+    moved: list[str] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+def move_files(entries: Sequence[tuple[str, str]], dest: Path, root: Path, protect: Sequence[str | Path] = (),
+               deadline: Optional[float] = None) -> Batch:
+    """Move each ``(path, kept)`` of ``entries`` to ``dest/BATCH/`` at its path relative to
+    ``root``; ``kept`` (the file of its group that stays) goes into the manifest. Only files
+    check_movable allows move; every move is in the signed manifest before any file moves, and
+    none after ``deadline`` (time.monotonic()) moves. The one mover of `zoo duplicates --move-to`
+    and of `zoo serve`'s review page."""
     root = Path(os.path.realpath(root))
+    protect = [Path(os.path.realpath(p)) for p in protect]
     check_quarantine_target(dest, root)
     dest = Path(os.path.abspath(dest))
     batch = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    moves = []
-    for g in components(groups):
-        present = [p for p in g if os.path.isfile(p) and not os.path.islink(p)]
-        if len(present) < 2:
+    moves, refused = [], []
+    for p, keep in entries:
+        real, why = check_movable(p, root, protect)
+        if real is None:
+            refused.append((p, why))
             continue
-        keep = best_file(present)
-        for p in present:
-            if p == keep:
-                continue
-            real = Path(os.path.realpath(os.path.dirname(os.path.abspath(p)))) / os.path.basename(p)
-            if root not in real.parents:
-                print(f"zoo: warning: {p} is outside {root}; not moved", file=sys.stderr)
-                continue
-            rel = real.relative_to(root).as_posix()
-            moves.append({"from": str(real), "to": f"{batch}/{rel}", "kept": keep,
-                          "sha256": sha256_file(real, follow_links=False)})
+        rel = real.relative_to(root).as_posix()
+        try:
+            digest = sha256_file(real, follow_links=False)
+        except (OSError, ValueError) as e:
+            refused.append((p, f"unreadable ({getattr(e, 'strerror', None) or e})"))
+            continue
+        moves.append({"from": str(real), "to": f"{batch}/{rel}", "kept": keep, "sha256": digest})
     body = {"kind": "zoo-quarantine", "root": str(root), "batch": batch, "moves": moves}
     manifest = dest / f"manifest-{batch}.json"
     dest.mkdir(parents=True, exist_ok=True)
     write_json(manifest, {**body, "signature": signature(quarantine_key(), body)})  # before anything moves
-    moved = 0
+    done = Batch(manifest, batch, refused=refused)
     for m in moves:
+        if deadline is not None and time.monotonic() > deadline:
+            done.refused.append((m["from"], "not moved: the request's time ran out"))
+            continue
         try:
             move_between(root, PurePath(m["from"]).relative_to(root), dest, PurePosixPath(m["to"]), create=True)
-            moved += 1
+            done.moved.append(m["from"])
         except (OSError, ValueError) as e:
-            print(f"zoo: warning: cannot move {m['from']} ({getattr(e, 'strerror', None) or e}); left where it is",
-                  file=sys.stderr)
-    print(f"zoo: moved {moved} file(s) to {dest / batch}; undo with `zoo duplicates --undo {manifest}`")
-    return manifest
+            done.refused.append((m["from"], f"cannot move ({getattr(e, 'strerror', None) or e}); left where it is"))
+    return done
+
+
+def quarantine(groups: list[list[str]], dest: Path, root: Path, rules: Sequence[str] = DEFAULT_RULES,
+               protect: Sequence[str | Path] = ()) -> Path:
+    """Move all but the file to keep of each connected group (zoo.dedup.keep, ``rules``; a file in
+    one of the ``protect`` folders is kept first and never moves) to ``dest/BATCH/`` at the same
+    path relative to ``root`` (move_files)."""
+    real_root = Path(os.path.realpath(root))
+    held = [Path(os.path.realpath(p)) for p in protect]
+    entries = []
+    for g in components(groups):
+        present = [p for p in g if os.path.isfile(p) and not os.path.islink(p)]
+        if len(present) < 2:
+            continue
+        real = [Path(os.path.realpath(p)) for p in present]
+        keep = present[choose_keep([file_facts(p) for p in present], rules,
+                                   [is_under(r, held) is not None for r in real]).index]
+        entries += [(p, keep) for p in present if p != keep]
+    done = move_files(entries, dest, real_root, held)
+    for p, why in done.refused:
+        print(f"zoo: warning: {p} is {why}; not moved" if why.startswith(("outside", "in the protected", "a link", "gone"))
+              else f"zoo: warning: {p}: {why}", file=sys.stderr)
+    print(f"zoo: moved {len(done.moved)} file(s) to {Path(os.path.abspath(dest)) / done.batch}; "
+          f"undo with `zoo duplicates --undo {done.manifest}`")
+    return done.manifest
 
 
 def undo_quarantine(manifest: str | Path) -> int:

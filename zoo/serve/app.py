@@ -10,6 +10,8 @@ at /docs):
     GET  /api/items/{id}/similar?k=10     more like this: top k for an indexed item
     GET  /api/items/{id}/thumbnail        JPEG thumbnail of an indexed item (by id, never by path)
     GET  /api/duplicates                  groups of a `zoo duplicates` result (--duplicates)
+    /api/review...                        the review page: pages of groups, dry run, move, undo
+                                          (zoo.serve.review_api; writes need the write token)
     GET  /                                the web page (zoo/serve/static)
 
 Every error is a JSON ``{"error": ...}``, never a traceback; every response says nosniff, and all
@@ -19,6 +21,7 @@ starts it.
 """
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 import traceback
@@ -34,20 +37,25 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zoo.errors import ZooError
-from zoo.serve.guard import bearer_check
+from zoo.serve.guard import bearer_check, write_check
+from zoo.serve.review_api import add_review_routes
 from zoo.serve.service import MAX_K, THUMB_SIZES, SearchService, UploadError
 from zoo.version import __version__
 
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(service: SearchService, token: Optional[str] = None):
-    """The FastAPI application over ``service``; ``token``: require ``Authorization: Bearer TOKEN``."""
+def create_app(service: SearchService, token: Optional[str] = None, write_token: Optional[str] = None,
+               read_only: bool = False):
+    """The FastAPI application over ``service``; ``token``: require ``Authorization: Bearer TOKEN``;
+    ``write_token``: the token moves and undos need (default ``token``, else a random one, kept in
+    ``app.state.write_token``); ``read_only``: refuse every write with 403."""
 
     app = FastAPI(title="zoo", version=__version__,
                   description="Content-based image retrieval over one zoo index: search by example, "
                               "compare two images, more like this, duplicate groups.")
     app.state.service = service
+    app.state.write_token = write_token or token or secrets.token_urlsafe(24)
 
     guarded = [Depends(bearer_check(token))]
     ItemId = PathParam(..., ge=0, description="an item's id in the index (as search results give it)")
@@ -97,7 +105,7 @@ def create_app(service: SearchService, token: Optional[str] = None):
 
     @app.get("/api/info", tags=["server"], dependencies=guarded)
     def info() -> dict:
-        return service.info()
+        return {**service.info(), "read_only": read_only}
 
     @app.post("/api/search", tags=["search"], dependencies=guarded)
     def search(file: UploadFile = File(..., description="the query image"),
@@ -140,7 +148,9 @@ def create_app(service: SearchService, token: Optional[str] = None):
     def duplicates() -> dict:
         if service.duplicates is None:
             raise UploadError(404, "no duplicates result loaded (start with --duplicates DIR/groups.json)")
-        return service.duplicates
+        return service.duplicates.view()
+
+    add_review_routes(app, service.review, bearer_check(token), write_check(app.state.write_token, read_only))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -1,7 +1,7 @@
 """What guards ``zoo serve`` against hostile clients, below the routes: the Host check (no DNS
-rebinding), the bearer token, the request-body limit, and the connection guard (GuardedHTTP: a
-request's head and body must arrive in time, and one client address holds a bounded number of
-connections)."""
+rebinding), the bearer token, the checks of every write (write_check: token, Origin, JSON,
+read-only), the request-body limit, and the connection guard (GuardedHTTP: a request's head and
+body must arrive in time, and one client address holds a bounded number of connections)."""
 from __future__ import annotations
 
 import asyncio
@@ -103,6 +103,30 @@ def bearer_check(token: Optional[str]) -> Callable[[Request], None]:
                                 headers={"WWW-Authenticate": "Bearer"})
 
     return check_token
+
+
+def write_check(token: str, read_only: bool = False) -> Callable[[Request], None]:
+    """A FastAPI dependency for the endpoints that move files: 403 on a read-only server, 403 when
+    an Origin (or Sec-Fetch-Site) header says another site sent it, 415 unless the body is JSON
+    (no form a page could post without asking), 401 without ``Authorization: Bearer TOKEN``, even
+    on loopback: a write always needs the token (zoo serve prints one at start-up if none is set)."""
+
+    def check_write(request: Request) -> None:
+        if read_only:
+            raise HTTPException(403, "this server is read-only (--read_only); nothing was changed")
+        origin, host = request.headers.get("origin"), request.headers.get("host", "")
+        if origin is not None and origin not in (f"http://{host}", f"https://{host}"):
+            raise HTTPException(403, f"Origin {origin[:100]!r} is not this server; nothing was changed")
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            raise HTTPException(403, "a request from another site; nothing was changed")
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise HTTPException(415, "a write takes a JSON body (Content-Type: application/json)")
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), token.encode()):
+            raise HTTPException(401, "moving and undoing need the server's token (header `Authorization: Bearer "
+                                     "TOKEN`; zoo serve prints it at start-up)", headers={"WWW-Authenticate": "Bearer"})
+
+    return check_write
 
 
 class BodyLimit:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import selectors
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from typing import Optional, Sequence
 import torch
 import uvicorn
 
+from zoo.dedup.keep import DEFAULT_RULES, check_rules
 from zoo.errors import ZooError
 from zoo.index.core import load_index
 from zoo.serve.app import create_app
@@ -69,10 +71,16 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
                duplicates: Optional[str] = None, max_upload_mb: float = 20.0, threads: int = 1,
-               allowed_hosts: Sequence[str] = (), max_pixels: int = MAX_PIXELS, precision: Optional[str] = None) -> None:
+               allowed_hosts: Sequence[str] = (), max_pixels: int = MAX_PIXELS, precision: Optional[str] = None,
+               read_only: bool = False, move_to: Optional[str] = None, keep_rules: Sequence[str] = DEFAULT_RULES,
+               protect: Sequence[str] = (), page: str = "") -> None:
     """Load the index and its model once, then answer HTTP requests until interrupted.
-    ``precision``: of the forward passes (default: the index's own where this CPU computes it)."""
+    ``precision``: of the forward passes (default: the index's own where this CPU computes it);
+    ``read_only``: refuse every write; ``move_to``, ``keep_rules``, ``protect``: the review page's
+    quarantine folder, keep-best rules and protected folders; ``page``: the part of the page
+    to point at (e.g. "#review")."""
     token = token or os.environ.get("ZOO_TOKEN") or None
+    check_rules(keep_rules)
     if max_upload_mb <= 0:
         raise ZooError(f"--max_upload_mb {max_upload_mb}: must be positive")
     if threads < 1:
@@ -89,16 +97,21 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
         print(f"zoo: loading {idx.describe()} for {len(idx)} items ...", file=sys.stderr, flush=True)
         max_bytes = int(max_upload_mb * (1 << 20))
         service = SearchService(idx, index, duplicates=duplicates, max_upload_bytes=max_bytes, max_pixels=max_pixels,
-                                precision=precision)
+                                precision=precision, quarantine=move_to, keep_rules=keep_rules, protect=protect)
+        write_token = token or secrets.token_urlsafe(18)  # writes need a token even on loopback
+        if service.review is not None and not read_only and token is None:
+            print(f"zoo: moving and undoing from the review page need this token (the page asks for it once; "
+                  f"set your own with --token or ZOO_TOKEN): {write_token}", file=sys.stderr, flush=True)
         # a body holds at most two uploads (compare) plus the multipart framing
-        app = BodyLimit(create_app(service, token=token), max_bytes=2 * max_bytes + (64 << 10))
+        app = BodyLimit(create_app(service, token=token, write_token=write_token, read_only=read_only),
+                        max_bytes=2 * max_bytes + (64 << 10))
         shown_host, shown_port = sock.getsockname()[:2]
         app = HostCheck(app, allowed_host_names(host, shown_host, allowed_hosts or ()))
         shown_host = f"[{shown_host}]" if ":" in shown_host else shown_host
         if not is_loopback(host) and token is None:
             print("zoo: warning: listening beyond this machine without a token; anyone who can reach "
                   "it can search (set ZOO_TOKEN or --token)", file=sys.stderr)
-        print(f"zoo: serving {Path(index)} at http://{shown_host}:{shown_port}/ (API docs at /docs"
+        print(f"zoo: serving {Path(index)} at http://{shown_host}:{shown_port}/{page} (API docs at /docs"
               f"{', bearer token required' if token else ''}; queries on the CPU, precision {service.inference.precision}"
               f"{', channels_last' if service.inference.channels_last else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
         make_server(app).run(sockets=[sock])
@@ -135,7 +148,7 @@ def spawn_server(index: str | Path, *args: str, timeout: float = 180.0, env: Opt
             fail(f"exited with code {proc.wait()}")
         lines.append(line)
         if line.startswith("zoo: serving "):
-            url = line.split(" at ", 1)[1].split()[0].rstrip("/")
+            url = line.split(" at ", 1)[1].split()[0].split("#")[0].rstrip("/")
             threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()  # keep the pipe from filling
             return proc, url
     fail(f"did not start within {timeout:.0f} s")

@@ -3,7 +3,8 @@
 SearchService decodes uploads (by content, within a byte and a pixel budget), embeds them one
 forward pass at a time (on the CPU, at the index's precision: zoo.model.inference), searches
 the index, compares two images, reads indexed items by id (never by path) and makes their
-thumbnails. It reads the index only through ZooIndex: items, their
+thumbnails, and holds the duplicates result the review page works on (zoo.serve.review). It
+reads the index only through ZooIndex: items, their
 files and stored vectors by id. A request the client can fix is an UploadError, which the HTTP
 layer (zoo.serve.app) answers as JSON.
 """
@@ -13,7 +14,7 @@ import io
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,10 +23,12 @@ from PIL import Image
 from zoo.data.images import ImageTooLarge, load_image
 from zoo.data.transforms import draft_size, eval_transform
 from zoo.dedup.compare import similarity_score
+from zoo.dedup.keep import DEFAULT_RULES
 from zoo.errors import ZooError
 from zoo.index.core import ZooIndex
 from zoo.model.inference import inference_setting
 from zoo.serve.duplicates import load_duplicates
+from zoo.serve.review import Review
 
 MAX_K = 200
 THUMB_SIZES = (128, 256, 512)
@@ -45,7 +48,9 @@ class SearchService:
     """The loaded index and its model; thread-safe (one forward pass at a time)."""
 
     def __init__(self, index: ZooIndex, index_path: str | Path, duplicates: Optional[str | Path] = None,
-                 max_upload_bytes: int = 20 << 20, max_pixels: int = MAX_PIXELS, precision: Optional[str] = None):
+                 max_upload_bytes: int = 20 << 20, max_pixels: int = MAX_PIXELS, precision: Optional[str] = None,
+                 quarantine: Optional[str | Path] = None, keep_rules: Sequence[str] = DEFAULT_RULES,
+                 protect: Sequence[str | Path] = ()):
         self.idx = index
         self.index_path = str(Path(index_path).resolve())
         if len(index) == 0:
@@ -62,6 +67,9 @@ class SearchService:
         self.lock = threading.Lock()
         self.thumbnail = lru_cache(maxsize=1024)(self._thumbnail)
         self.duplicates = load_duplicates(duplicates, index) if duplicates else None
+        # the review page's moves go to --move_to, by default a folder beside groups.json
+        self.review = None if self.duplicates is None else Review(
+            self.duplicates, index, quarantine or self.duplicates.file.parent / "quarantine", keep_rules, protect)
         self.embed(Image.new("RGB", (32, 32), (127, 127, 127)))  # warm-up: the first forward is slow
 
     # -- identity --------------------------------------------------------------------------
