@@ -16,6 +16,7 @@ from zoo.dedup.quarantine import undo_quarantine
 from zoo.errors import ZooError
 from zoo.evaluate.benchmark import Architecture, run_benchmark
 from zoo.evaluate.calibration import auto_threshold, run_calibrate
+from zoo.evaluate.check import run_check
 from zoo.evaluate.video_benchmark import run_video_benchmark
 from zoo.index.command import run_index, run_search
 from zoo.model.listing import list_registered
@@ -173,6 +174,23 @@ class ZooTrainer(L.Trainer):
                       edits=edits, copies=copies, plot=plot, seed=seed, trainer=self, library_size=library_size,
                       library_copy_pairs=library_copy_pairs, **options)
 
+    @command("calibration")
+    def check(self, model: ZooModel, query: list[str], index: str = "zoo.index", json: bool = False,
+              calibration="zoo-calibration.json") -> None:
+        """Is each query image a copy of an indexed one (e.g. a placeholder) or new?
+
+        Answers "copy of ITEM" or "new" with the cosine of the nearest item, the threshold for an
+        index of this size from the model's `zoo calibrate` (read from --calibration) and the
+        expected precision of a copy verdict there; how it was estimated goes to stderr. A model
+        without a calibration is an error (exit 2).
+
+        Args:
+            query: query image file(s) or folders.
+            index: index folder made by `zoo index` (e.g. of a folder of known images).
+            json: print JSON instead of a line per query.
+        """
+        run_check(index, query, calibration=calibration, as_json=json, trainer=self)
+
     @command("overwrite", *LOADER_OPTIONS)
     def benchmark(self, model: ZooModel, backbone: Optional[list[str]] = None, head: Optional[list[str]] = None,
                   checkpoint: Optional[list[str]] = None, architectures: Optional[list[dict[str, Any]]] = None,
@@ -232,10 +250,11 @@ class ZooTrainer(L.Trainer):
         export_model(resolve_model(model, backbone, checkpoint), format=format, out=out, overwrite=overwrite,
                      opset=opset)
 
-    @command()
+    @command("calibration")
     def serve(self, model: ZooModel, index: str = "zoo.index", host: str = "127.0.0.1", port: int = 8000,
               token: Optional[str] = None, duplicates: Optional[str] = None, max_upload_mb: float = 20.0,
-              threads: int = 1, allowed_hosts: Optional[list[str]] = None, max_pixels: int = 40_000_000) -> None:
+              threads: int = 1, allowed_hosts: Optional[list[str]] = None, max_pixels: int = 40_000_000,
+              calibration="zoo-calibration.json") -> None:
         """Serve searches over HTTP: a JSON API (docs at /docs) and a web page; the index's model loads once.
 
         Args:
@@ -254,7 +273,8 @@ class ZooTrainer(L.Trainer):
 
         run_server(index, host=host, port=port, token=token, duplicates=duplicates, max_upload_mb=max_upload_mb,
                    threads=threads, allowed_hosts=allowed_hosts or (), max_pixels=max_pixels,
-                   precision=str(self.precision))  # the index's own by default (zoo.cli.main.default_precision)
+                   precision=str(self.precision),  # the index's own by default (zoo.cli.main.default_precision)
+                   calibration=calibration)  # the upload check's (POST /api/check)
 
     @command()
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False) -> None:
@@ -268,4 +288,4 @@ class ZooTrainer(L.Trainer):
 
 
 ZooTrainer.list = ZooTrainer.list_registered  # `zoo list`
-COMMANDS = ("index", "search", "compare", "duplicates", "calibrate", "benchmark", "export", "serve", "list")
+COMMANDS = ("index", "search", "compare", "duplicates", "calibrate", "check", "benchmark", "export", "serve", "list")

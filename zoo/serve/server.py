@@ -69,9 +69,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
                duplicates: Optional[str] = None, max_upload_mb: float = 20.0, threads: int = 1,
-               allowed_hosts: Sequence[str] = (), max_pixels: int = MAX_PIXELS, precision: Optional[str] = None) -> None:
+               allowed_hosts: Sequence[str] = (), max_pixels: int = MAX_PIXELS, precision: Optional[str] = None,
+               calibration: Optional[str] = None) -> None:
     """Load the index and its model once, then answer HTTP requests until interrupted.
-    ``precision``: of the forward passes (default: the index's own where this CPU computes it)."""
+    ``precision``: of the forward passes (default: the index's own where this CPU computes it);
+    ``calibration``: the calibration file of the upload check (POST /api/check)."""
     token = token or os.environ.get("ZOO_TOKEN") or None
     if max_upload_mb <= 0:
         raise ZooError(f"--max_upload_mb {max_upload_mb}: must be positive")
@@ -89,7 +91,10 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
         print(f"zoo: loading {idx.describe()} for {len(idx)} items ...", file=sys.stderr, flush=True)
         max_bytes = int(max_upload_mb * (1 << 20))
         service = SearchService(idx, index, duplicates=duplicates, max_upload_bytes=max_bytes, max_pixels=max_pixels,
-                                precision=precision)
+                                precision=precision, calibration=calibration)
+        if service.copy_check is None:
+            print(f"zoo: note: the upload check (/api/check) has no calibration: {service.uncalibrated}",
+                  file=sys.stderr, flush=True)
         # a body holds at most two uploads (compare) plus the multipart framing
         app = BodyLimit(create_app(service, token=token), max_bytes=2 * max_bytes + (64 << 10))
         shown_host, shown_port = sock.getsockname()[:2]
