@@ -119,6 +119,19 @@ def test_cli_copy_of_an_indexed_photo_and_a_new_one(known, zoo_cli):
     assert answers[0]["cosine"] >= expected.threshold > answers[1]["cosine"]
 
 
+def test_cli_against_a_folder_of_known_images(known, zoo_cli):
+    root = known["root"]
+    code, out, err = zoo_cli("check", "--query", root / "copy.jpg", root / "new.png", "--images", root / "known",
+                             "--calibration", known["cal"], "--json", *MODEL)
+    assert code == 0, err
+    answers = json.loads(out)
+    assert [a["verdict"] for a in answers] == ["copy", "new"] and answers[0]["index_items"] == 16
+    assert answers[0]["nearest"]["path"] == str(root / "known" / "03.png")
+    code, _, err = zoo_cli("check", "--query", root / "new.png", "--images", root / "known", "--index", known["index"],
+                           "--calibration", known["cal"], *MODEL)
+    assert code == 2 and "--index and --images exclude each other" in err
+
+
 def test_cli_without_calibration_says_so(known, zoo_cli, tmp_path):
     code, out, err = zoo_cli("check", "--query", known["root"] / "copy.jpg", "--index", known["index"],
                              "--calibration", tmp_path / "none.json")

@@ -174,22 +174,27 @@ class ZooTrainer(L.Trainer):
                       edits=edits, copies=copies, plot=plot, seed=seed, trainer=self, library_size=library_size,
                       library_copy_pairs=library_copy_pairs, **options)
 
-    @command("calibration")
-    def check(self, model: ZooModel, query: list[str], index: str = "zoo.index", json: bool = False,
-              calibration="zoo-calibration.json") -> None:
-        """Is each query image a copy of an indexed one (e.g. a placeholder) or new?
+    @command(*MODEL_OPTIONS, "calibration", *LOADER_OPTIONS)
+    def check(self, model: ZooModel, query: list[str], index: Optional[str] = None, images: Optional[str] = None,
+              json: bool = False, calibration="zoo-calibration.json", backbone=None, checkpoint=None,
+              **options) -> None:
+        """Is each query image a copy of a known one (e.g. a placeholder) or new?
 
-        Answers "copy of ITEM" or "new" with the cosine of the nearest item, the threshold for an
-        index of this size from the model's `zoo calibrate` (read from --calibration) and the
-        expected precision of a copy verdict there; how it was estimated goes to stderr. A model
-        without a calibration is an error (exit 2).
+        Answers "copy of ITEM" or "new" with the cosine of the nearest known image, the threshold
+        for this many known images from the model's `zoo calibrate` (read from --calibration) and
+        the expected precision of a copy verdict there; how it was estimated goes to stderr. A
+        model without a calibration is an error (exit 2).
 
         Args:
             query: query image file(s) or folders.
-            index: index folder made by `zoo index` (e.g. of a folder of known images).
+            index: index folder of the known images, made by `zoo index` (default: zoo.index),
+                searched with its own model.
+            images: instead of --index: a folder of known images, embedded now with the
+                --model.* config (or --backbone / --checkpoint).
             json: print JSON instead of a line per query.
         """
-        run_check(index, query, calibration=calibration, as_json=json, trainer=self)
+        run_check(index, query, calibration=calibration, as_json=json, trainer=self, images=images,
+                  model=resolve_model(model, backbone, checkpoint) if images is not None else None, **options)
 
     @command("overwrite", *LOADER_OPTIONS)
     def benchmark(self, model: ZooModel, backbone: Optional[list[str]] = None, head: Optional[list[str]] = None,

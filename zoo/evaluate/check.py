@@ -16,7 +16,7 @@ threshold and the precision measured on its sample, not adjusted to N (the answe
 
 :func:`load_check` reads the calibration of an index's model (a ZooError says why there is
 none); :func:`verdict` turns a nearest item and its cosine into the answer; :func:`run_check`
-is ``zoo check``. ``zoo serve`` answers ``POST /api/check`` with the same functions.
+is ``zoo check`` (against an index, or a folder of known images embedded on the spot). ``zoo serve`` answers ``POST /api/check`` with the same functions.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from zoo.data.images import records_from, scan_folder
 from zoo.dedup.compare import similarity_score
+from zoo.embed.runner import embed, require_some
 from zoo.errors import ZooError
 from zoo.evaluate.calibration import lookup_threshold, model_key, read_calibration
 from zoo.index.core import load_index
@@ -140,21 +142,50 @@ def describe(name: str, answer: dict) -> str:
     return f"{name}: new (below threshold {answer['threshold']:.4f}{shown}; a copy verdict there has expected precision {p})"
 
 
-def run_check(index: str, query: Sequence[str], calibration: str = "zoo-calibration.json", as_json: bool = False,
-              trainer=None) -> list[dict]:
-    """``zoo check``: each query's verdict against ``index`` (stdout: a line each, or JSON);
-    how the precision was estimated goes to stderr. A ZooError when the index's model has no
-    calibration (nothing is embedded then)."""
-    idx = load_index(index)
-    model = idx.meta["model"]
-    check = load_check(calibration, model["architecture"], model["weights"], len(idx))
-    results = idx.search_many(query, k=1, trainer=trainer)  # [(query path, hits)]
-    answers = []
-    for q, hits in results:
-        h = hits[0] if hits else None
-        nearest = None if h is None else {"id": h.id, "path": h.path, "label": h.label, "frame": h.frame}
-        answers.append({"query": str(q), **verdict(check, nearest, None if h is None else h.similarity)})
-    print(f"zoo: check: threshold {check.threshold:.4f} for {len(idx)} items ({check.source}); {check.estimate}",
+def folder_nearest(model, images: str, query: Sequence[str], trainer=None, **loader) -> tuple[int, list]:
+    """Known images as a folder, embedded now with ``model``: (number of known images,
+    [(query path, nearest {"id", "path", "label"}, cosine)]). ``loader``: batch_size, num_workers."""
+    known = embed(model, scan_folder(images), trainer=trainer, **loader)
+    require_some(known, images)
+    queries = embed(model, records_from(list(query)), trainer=trainer, **loader)
+    require_some(queries, "the query")
+    k = known.vectors.astype(np.float64)
+    q = queries.vectors.astype(np.float64)
+    k /= np.maximum(np.linalg.norm(k, axis=1, keepdims=True), 1e-12)
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    sims = q @ k.T  # (Q, N)
+    best = sims.argmax(axis=1)
+    return len(known.records), [(r.path, {"id": int(j), "path": known.records[j].path, "label": known.records[j].label},
+                                 float(sims[i, j])) for i, (r, j) in enumerate(zip(queries.records, best))]
+
+
+def run_check(index: Optional[str], query: Sequence[str], calibration: str = "zoo-calibration.json",
+              as_json: bool = False, trainer=None, images: Optional[str] = None, model=None, **loader) -> list[dict]:
+    """``zoo check``: each query's verdict against ``index`` (or the known images of folder
+    ``images``, embedded with ``model``) on stdout: a line each, or JSON; how the precision was
+    estimated goes to stderr. A ZooError when the model has no calibration (checked before
+    anything is embedded). ``loader``: batch_size, num_workers of the folder's embedding."""
+    if images is not None and index is not None:
+        raise ZooError("--index and --images exclude each other: check against an index or a folder of known images")
+    if images is None:
+        idx = load_index(index or "zoo.index")
+        m = idx.meta["model"]
+        n_items = len(idx)
+        check = load_check(calibration, m["architecture"], m["weights"], n_items)
+        found = []
+        for q, hits in idx.search_many(query, k=1, trainer=trainer):  # [(query path, hits)]
+            h = hits[0] if hits else None
+            near = None if h is None else {"id": h.id, "path": h.path, "label": h.label, "frame": h.frame}
+            found.append((q, near, None if h is None else h.similarity))
+    else:
+        model = model.build()
+        known_files = len(scan_folder(images))
+        check = load_check(calibration, model.architecture, model.weights_id, known_files)
+        n_items, found = folder_nearest(model, images, query, trainer, **loader)
+        if n_items != known_files:  # some known images did not decode: the size it holds
+            check = load_check(calibration, model.architecture, model.weights_id, n_items)
+    answers = [{"query": str(q), **verdict(check, near, cos)} for q, near, cos in found]
+    print(f"zoo: check: threshold {check.threshold:.4f} for {n_items} items ({check.source}); {check.estimate}",
           file=sys.stderr)
     if as_json:
         print(json.dumps(answers, indent=2))
