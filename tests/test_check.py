@@ -211,3 +211,22 @@ def test_api_check_needs_the_token(known):
         assert c.post("/api/check", files=files).status_code == 401
         r = c.post("/api/check", files=files, headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 200 and r.json()["verdict"] == "new"
+
+
+def test_api_check_refuses_a_pixel_bomb_from_its_header(known):
+    import io
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from zoo.index.core import load_index
+    from zoo.serve.app import create_app
+    from zoo.serve.service import SearchService
+
+    buf = io.BytesIO()
+    Image.new("1", (9400, 9400)).save(buf, format="PNG")  # 88 megapixels under Pillow's limit, a few KiB
+    service = SearchService(load_index(known["index"]), known["index"], max_upload_bytes=4 << 20, max_pixels=1_000_000,
+                            calibration=known["cal"])
+    with TestClient(create_app(service)) as c:
+        r = c.post("/api/check", files={"file": ("bomb.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 413 and "9400 x 9400" in r.json()["error"] and "\n" not in r.json()["error"]
