@@ -1,19 +1,29 @@
-"""Frozen versus triplet-fine-tuned features on held-out photos of a labelled folder.
+"""Frozen versus fine-tuned features on held-out photos of a labelled folder, over several seeds.
 
     python benchmarks/finetune_food7.py [--images ../shared/data/food7] [--test-fraction 0.4]
-        [--config configs/triplet/mobilenetv2_shared.yaml] [--epochs 4] [--work runs/finetune] [--overwrite]
+        [--config configs/metric/mobilenetv2_shared.yaml [configs/triplet/mobilenetv2_shared.yaml ...]]
+        [--seeds 3] [--epochs 4] [--work runs/finetune] [--overwrite] [--wandb]
 
-Each class is split (seeded) into train and test photos. ``zoo fit`` trains the config on the
-train photos (its own validation split is taken from them); then ``zoo benchmark`` scores the
-frozen backbone and the trained checkpoint on the test photos with the same protocol
-(leave-one-out within the test photos). Prints a table with the training time.
+For each seed s (0 .. --seeds - 1): each class is split (seeded by s) into train and test photos;
+``zoo fit`` trains every --config on the train photos (its own validation split is taken from
+them; --seed_everything s), keeping the best epoch by val/map; then ``zoo benchmark`` scores the
+frozen backbone of the first config and every trained checkpoint on the test photos with the
+same protocol (leave-one-out within the test photos). It reports hit@1, hit@10, P@10, mAP,
+MAP@R, the median cosine of each test photo to its nearest other test photo (how much of the
+space the model uses: near 1, every photo has a "twin" and cosine thresholds mean little) and
+the training time, per seed and as mean, standard deviation and range over the seeds; and checks
+the targets of issue 24 on the first fine-tuned recipe. Results: WORK/summary.{json,md},
+WORK/seed-S/benchmark/ (zoo benchmark's report; with --wandb also its W&B runs).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import random
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -25,10 +35,14 @@ from zoo.data.images import scan_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+METRICS = (("hit@1", "hit@1"), ("hit@10", "hit@10"), ("P@10", "p@10"), ("mAP", "map"), ("MAP@R", "map@r"),
+           ("NN cos median", "nn_cosine_median"), ("training min", "train_min"))
+TARGETS = {"hit@1": (">=", 0.96), "hit@10": (">=", 0.995), "mAP": (">=", 0.90), "NN cos median": ("<", 0.9),
+           "training min": ("<", 15.0)}
 
 
 def split(images: str, dest: Path, test_fraction: float, seed: int) -> tuple[Path, Path]:
-    """Symlink each class's photos into dest/train/<class> and dest/test/<class>."""
+    """Link each class's photos into dest/train/<class> and dest/test/<class>."""
     by_class: dict[str, list[Path]] = {}
     for r in scan_folder(images):
         by_class.setdefault(r.label, []).append(Path(r.path))
@@ -38,19 +52,115 @@ def split(images: str, dest: Path, test_fraction: float, seed: int) -> tuple[Pat
         n_test = round(len(paths) * test_fraction)
         for part, chunk in (("test", paths[:n_test]), ("train", paths[n_test:])):
             (dest / part / label).mkdir(parents=True, exist_ok=True)
-            for p in chunk:
-                (dest / part / label / p.name).symlink_to(p)
+            for p in chunk:  # hard links: zoo reads no link out of a folder; a copy across file systems
+                try:
+                    os.link(p, dest / part / label / p.name)
+                except OSError:
+                    shutil.copy2(p, dest / part / label / p.name)
     return dest / "train", dest / "test"
+
+
+def recipe_name(config: str) -> str:
+    p = Path(config)
+    return f"{p.parent.name}/{p.stem}"
+
+
+def frozen_args(config: str) -> list[str]:
+    """The --model.* options of a config's backbone without training (head frozen)."""
+    model = yaml.safe_load(open(config))["model"]
+    out = ["--backbone", model["backbone"]]
+    for key in ("weights", "pretrained"):
+        if key in model:
+            out += [f"--model.{key}", str(model[key]).lower() if isinstance(model[key], bool) else str(model[key])]
+    for key in ("model_kwargs", "data_config"):
+        if model.get(key):
+            out += [f"--model.{key}", yaml.safe_dump(model[key], default_flow_style=True).strip()]
+    return out
+
+
+def run_seed(args, seed: int, work: Path) -> list[dict]:
+    """Train every config on seed ``seed``'s split and benchmark frozen + trained: a row each."""
+    train, test = split(args.images, work / "split", args.test_fraction, seed)
+    trained = []
+    for config in args.config:
+        run = work / recipe_name(config).replace("/", "-")
+        t = time.perf_counter()
+        code = zoo(["fit", "--config", config, "--data.root", str(train), "--trainer.max_epochs", str(args.epochs),
+                    "--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed), "--trainer.default_root_dir", str(run),
+                    "--trainer.logger.init_args.save_dir", str(run)])
+        train_s = time.perf_counter() - t
+        if code:
+            raise SystemExit(code)
+        best = sorted(run.rglob("best-*.ckpt")) or sorted(p for p in run.rglob("*.ckpt") if p.name != "last.ckpt")
+        trained.append((recipe_name(config), best[0], train_s))
+    code = zoo(["benchmark", "--images", str(test), "--protocol", "loo", *frozen_args(args.config[0]),
+                "--checkpoint", *[str(c) for _, c, _ in trained], "--out", str(work / "benchmark"), "--samples", "2",
+                *(["--wandb", "--wandb_project", "zoo-finetune"] if args.wandb else [])])
+    if code:
+        raise SystemExit(code)
+    rows = list(csv.DictReader(open(work / "benchmark" / "results.csv")))
+    if len(rows) != 1 + len(trained):
+        raise SystemExit(f"expected {1 + len(trained)} rows in {work / 'benchmark' / 'results.csv'}, got {len(rows)}")
+    out = []
+    for (name, ckpt, train_s), row in zip([("frozen", None, 0.0), *trained], rows):
+        out.append({"seed": seed, "model": name, "checkpoint": str(ckpt) if ckpt else None,
+                    "queries": int(row["queries"]), "train_photos": sum(1 for _ in train.rglob("*.*")),
+                    **{key: float(row[key]) for _, key in METRICS if key != "train_min"},
+                    "train_min": train_s / 60})
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per model: mean, standard deviation (n - 1) and range of every metric over the seeds."""
+    summary = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        summary[model] = {"seeds": [r["seed"] for r in mine]}
+        for label, key in METRICS:
+            v = [r[key] for r in mine]
+            summary[model][label] = {"mean": statistics.fmean(v), "sd": statistics.stdev(v) if len(v) > 1 else 0.0,
+                                     "min": min(v), "max": max(v)}
+    return summary
+
+
+def table(summary: dict, seeds: int) -> str:
+    head = "| model | " + " | ".join(label for label, _ in METRICS) + " |"
+    lines = [f"mean ± sd over {seeds} seed(s) [min-max]", "", head, "|" + "---|" * (len(METRICS) + 1)]
+    for model, s in summary.items():
+        cells = [f"{s[m]['mean']:.3f} ± {s[m]['sd']:.3f} [{s[m]['min']:.3f}-{s[m]['max']:.3f}]" if m != "training min"
+                 else f"{s[m]['mean']:.1f} ± {s[m]['sd']:.1f}" for m, _ in METRICS]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(summary: dict) -> str:
+    name = next((m for m in summary if m != "frozen"), None)
+    if name is None:
+        return ""
+    s = summary[name]
+    checks = []
+    for label, (op, bound) in TARGETS.items():
+        v = s[label]["mean"]
+        ok = v >= bound if op == ">=" else v < bound
+        checks.append(f"{label} {v:.3f} {op} {bound}: {'met' if ok else 'MISSED'}")
+    frozen = summary.get("frozen")
+    if frozen:
+        worse = [m for m in ("hit@1", "hit@10", "P@10", "mAP", "MAP@R") if s[m]["mean"] < frozen[m]["mean"]]
+        checks.append("beats frozen on every measure" if not worse else f"below frozen on {', '.join(worse)}")
+    return f"targets (issue 24) for {name}: " + "; ".join(checks)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", default=str(SHARED / "data" / "food7"))
-    p.add_argument("--config", default=str(ROOT / "configs" / "triplet" / "mobilenetv2_shared.yaml"))
+    p.add_argument("--config", nargs="+", default=[str(ROOT / "configs" / "metric" / "mobilenetv2_shared.yaml")],
+                   help="training configs to compare (the first one's backbone is the frozen baseline)")
     p.add_argument("--test-fraction", type=float, default=0.4)
     p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (split and training)")
+    p.add_argument("--seed", type=int, default=None, help="run this one seed only")
     p.add_argument("--work", default="runs/finetune")
+    p.add_argument("--wandb", action="store_true", help="log zoo benchmark's runs (frozen vs fine-tuned) to W&B")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --work folder")
     args = p.parse_args()
 
@@ -59,29 +169,19 @@ def main() -> None:
         if not args.overwrite:
             raise SystemExit(f"{work} exists; pass --overwrite to replace it, or another --work")
         shutil.rmtree(work)
-    train, test = split(args.images, work / "split", args.test_fraction, args.seed)
-    t = time.perf_counter()
-    code = zoo(["fit", "--config", args.config, "--data.root", str(train), "--trainer.max_epochs", str(args.epochs),
-                "--trainer.default_root_dir", str(work), "--trainer.logger.init_args.save_dir", str(work)])
-    train_s = time.perf_counter() - t
-    if code:
-        raise SystemExit(code)
-    ckpt = next(p for p in work.rglob("*.ckpt") if p.name != "last.ckpt")  # the best by val/map
-    model = yaml.safe_load(open(args.config))["model"]
-    frozen = ["--backbone", model["backbone"], "--model.weights", model["weights"],
-              "--model.model_kwargs", yaml.safe_dump(model["model_kwargs"], default_flow_style=True).strip(),
-              "--model.data_config", yaml.safe_dump(model["data_config"], default_flow_style=True).strip()]
-    code = zoo(["benchmark", "--images", str(test), "--protocol", "loo", *frozen, "--checkpoint", str(ckpt),
-                "--out", str(work / "benchmark"), "--samples", "2"])
-    if code:
-        raise SystemExit(code)
-    rows = list(csv.DictReader(open(work / "benchmark" / "results.csv")))
-    print(f"\ntrain {sum(1 for _ in train.rglob('*.*'))} photos, test {rows[0]['queries']} photos (leave-one-out); "
-          f"training {args.epochs} epochs took {train_s / 60:.1f} min on {torch.get_num_threads()} threads")
-    print(f"{'architecture':52s} {'hit@1':>6s} {'hit@10':>6s} {'P@10':>6s} {'mAP':>6s}  weights")
-    for r in rows:
-        print(f"{r['architecture']:52s} {float(r['hit@1']):6.3f} {float(r['hit@10']):6.3f} "
-              f"{float(r['p@10']):6.3f} {float(r['map']):6.3f}  {r['weights']}")
+    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    rows = []
+    for seed in seeds:
+        rows += run_seed(args, seed, work / f"seed-{seed}")
+        (work / "rows.json").write_text(json.dumps(rows, indent=2))  # what is done survives a stop
+    summary = summarise(rows)
+    first = rows[0]
+    text = (f"{args.images}: train {first['train_photos']} photos, test {first['queries']} photos (leave-one-out), "
+            f"{args.epochs} epochs, {torch.get_num_threads()} threads, seeds {seeds}\n\n{table(summary, len(seeds))}\n\n"
+            f"{targets(summary)}\n")
+    (work / "summary.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    (work / "summary.md").write_text(text)
+    print("\n" + text)
 
 
 if __name__ == "__main__":

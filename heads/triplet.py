@@ -1,5 +1,7 @@
 """Triplet siamese head: an MLP projection trained with a triplet margin loss on mined triplets,
-or with the in-batch contrastive NT-Xent (InfoNCE) loss of SimCLR / SSCD (``loss: ntxent``).
+or with the in-batch contrastive NT-Xent (InfoNCE) loss of SimCLR / SSCD (``loss: ntxent``), or
+another pytorch-metric-learning loss (zoo.heads.losses: multisimilarity, supcon, proxyanchor,
+arcface).
 
 The three "siamese" branches share one backbone and head; a batch holds P classes x K images
 (or, without labels, each image and an augmented copy of it), and a miner picks the triplets.
@@ -14,6 +16,7 @@ from torch import nn
 from zoo.heads.base import Head
 
 from zoo.errors import ZooError
+from zoo.heads.losses import LOSSES, build_loss
 from zoo.registry import register_head
 
 
@@ -98,7 +101,12 @@ class TripletHead(Head):
 
     loss: "triplet" (margin loss on mined triplets) or "ntxent": every other image of the
     batch is a negative of each positive pair, at ``temperature``; this suits copy detection
-    trained on augmented pairs, where most triplets are easy and mining finds little.
+    trained on augmented pairs, where most triplets are easy and mining finds little. Or one of
+    pytorch-metric-learning's losses for labelled classes (zoo.heads.losses): "multisimilarity",
+    "supcon" (at ``temperature``), "proxyanchor" and "arcface" (a learned vector per class, so
+    they need ``num_classes``; zoo fit fills it from the training folder); ``loss_options`` go
+    to the loss class; ``loss_lr_scale``: the learning rate of the loss's own parameters
+    (proxies, class weights) is the head's times this (Proxy-Anchor trains its proxies 100x faster).
     """
 
     def __init__(
@@ -109,10 +117,13 @@ class TripletHead(Head):
         margin: float = 0.2,
         mining: Literal["semihard", "hard", "all", "batch_hard"] = "semihard",
         dropout: float = 0.0,
-        loss: Literal["triplet", "ntxent"] = "triplet",
+        loss: Literal["triplet", "ntxent", "multisimilarity", "supcon", "proxyanchor", "arcface"] = "triplet",
         temperature: float = 0.1,
         projection: Literal["mlp", "linear", "residual", "identity"] = "mlp",
         koleo_weight: float = 0.0,
+        num_classes: Optional[int] = None,
+        loss_options: Optional[dict] = None,
+        loss_lr_scale: float = 1.0,
     ):
         """embedding_dim: the mlp's output (default 128); the other projections keep
         in_features, and an embedding_dim other than that is an error. koleo_weight: adds
@@ -140,24 +151,18 @@ class TripletHead(Head):
                         "residual": lambda: ResidualProjection(in_features, hidden_dim, dropout),
                         "identity": nn.Identity}[projection]()
         self.projection = projection
-        if loss not in ("triplet", "ntxent"):
-            raise ZooError(f"head 'triplet': loss '{loss}' is not one of triplet, ntxent")
+        if loss not in LOSSES:
+            raise ZooError(f"head 'triplet': loss '{loss}' is not one of {', '.join(LOSSES)}")
+        if loss_lr_scale <= 0:
+            raise ZooError(f"head 'triplet': loss_lr_scale {loss_lr_scale} must be positive")
         if temperature <= 0:
             raise ZooError(f"head 'triplet': temperature {temperature} must be positive")
         if koleo_weight < 0:
             raise ZooError(f"head 'triplet': koleo_weight {koleo_weight} must not be negative")
         self.loss_name, self.temperature, self.koleo_weight = loss, temperature, koleo_weight
 
-        from pytorch_metric_learning import (  # training only: slow import (scipy)
-            losses,
-            miners,
-        )
-
-        self.loss_fn = losses.TripletMarginLoss(margin=margin)
-        if mining == "batch_hard":
-            self.miner = miners.BatchHardMiner()
-        else:
-            self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=mining)
+        self.num_classes, self.loss_lr_scale = num_classes, loss_lr_scale
+        self.loss_fn, self.miner = build_loss(loss, self.dim, margin, mining, temperature, num_classes, loss_options)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.mlp(features.float()), dim=1)  # (B, embedding_dim)
@@ -167,10 +172,10 @@ class TripletHead(Head):
             raise ZooError("the triplet head needs labels or augmentation pairs in each batch")
         emb = self(features)
         logs = {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
-        if self.loss_name == "ntxent":
-            loss = ntxent_loss(emb, labels, self.temperature)
-        else:
+        if self.miner is not None:
             loss = self.loss_fn(emb, labels, self.miner(emb, labels))
+        else:
+            loss = self.loss_fn(emb, labels)
         if self.koleo_weight:
             koleo = koleo_loss(emb, labels)
             logs["koleo"] = koleo.detach()

@@ -74,3 +74,18 @@ def test_metric_class_accumulates_batches():
     metric.update(emb[:5], lab[:5])
     metric.update(emb[5:], lab[5:])
     assert metric.compute() == retrieval_metrics(emb, lab)["summary"]
+
+
+def test_map_at_r_and_hit1_agree_with_pytorch_metric_learning():
+    """The benchmark's MAP@R and hit@1 (leave-one-out) are pytorch-metric-learning's
+    AccuracyCalculator figures on the same embeddings."""
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(5).repeat_interleave(8)
+    emb = torch.nn.functional.normalize(torch.randn(5, 16, generator=g)[labels] + torch.randn(40, 16, generator=g), dim=1)
+    ours = retrieval_metrics(emb, labels)["summary"]
+    theirs = AccuracyCalculator(include=("mean_average_precision_at_r", "precision_at_1"), k="max_bin_count",
+                                device=torch.device("cpu")).get_accuracy(emb, labels)
+    assert float(ours["map@r"]) == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-5)
+    assert float(ours["hit@1"]) == pytest.approx(theirs["precision_at_1"], abs=1e-5)

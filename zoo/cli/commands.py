@@ -18,6 +18,7 @@ from zoo.dedup.quarantine import undo_quarantine
 from zoo.errors import ZooError
 from zoo.evaluate.benchmark import Architecture, run_benchmark
 from zoo.evaluate.calibration import auto_threshold, run_calibrate
+from zoo.evaluate.check import run_check
 from zoo.evaluate.video_benchmark import run_video_benchmark
 from zoo.index.command import run_index, run_search
 from zoo.model.listing import list_registered
@@ -162,7 +163,7 @@ class ZooTrainer(L.Trainer):
 
             run_server(index or str(Path(out) / "index"), port=port, token=token, duplicates=out,
                        move_to=move_to or str(Path(out) / "quarantine"), keep_rules=rules, protect=protect or (),
-                       precision=str(self.precision), page="#review")
+                       precision=str(self.precision), page="#review", calibration=calibration)
 
     @command(*MODEL_OPTIONS, "calibration", "overwrite", *LOADER_OPTIONS)
     def calibrate(self, model: ZooModel, images: str, sample: int = 200, precision: float = 0.95, copies: int = 1,
@@ -188,6 +189,28 @@ class ZooTrainer(L.Trainer):
         run_calibrate(resolve_model(model, backbone, checkpoint), images, sample=sample, precision=precision,
                       edits=edits, copies=copies, plot=plot, seed=seed, trainer=self, library_size=library_size,
                       library_copy_pairs=library_copy_pairs, **options)
+
+    @command(*MODEL_OPTIONS, "calibration", *LOADER_OPTIONS)
+    def check(self, model: ZooModel, query: list[str], index: Optional[str] = None, images: Optional[str] = None,
+              json: bool = False, calibration="zoo-calibration.json", backbone=None, checkpoint=None,
+              **options) -> None:
+        """Is each query image a copy of a known one (e.g. a placeholder) or new?
+
+        Answers "copy of ITEM" or "new" with the cosine of the nearest known image, the threshold
+        for this many known images from the model's `zoo calibrate` (read from --calibration) and
+        the expected precision of a copy verdict there; how it was estimated goes to stderr. A
+        model without a calibration is an error (exit 2).
+
+        Args:
+            query: query image file(s) or folders.
+            index: index folder of the known images, made by `zoo index` (default: zoo.index),
+                searched with its own model.
+            images: instead of --index: a folder of known images, embedded now with the
+                --model.* config (or --backbone / --checkpoint).
+            json: print JSON instead of a line per query.
+        """
+        run_check(index, query, calibration=calibration, as_json=json, trainer=self, images=images,
+                  model=resolve_model(model, backbone, checkpoint) if images is not None else None, **options)
 
     @command("overwrite", *LOADER_OPTIONS)
     def benchmark(self, model: ZooModel, backbone: Optional[list[str]] = None, head: Optional[list[str]] = None,
@@ -248,11 +271,12 @@ class ZooTrainer(L.Trainer):
         export_model(resolve_model(model, backbone, checkpoint), format=format, out=out, overwrite=overwrite,
                      opset=opset)
 
-    @command("protect", "keep_rules")
+    @command("protect", "keep_rules", "calibration")
     def serve(self, model: ZooModel, index: str = "zoo.index", host: str = "127.0.0.1", port: int = 8000,
               token: Optional[str] = None, duplicates: Optional[str] = None, max_upload_mb: float = 20.0,
               threads: int = 1, allowed_hosts: Optional[list[str]] = None, max_pixels: int = 40_000_000,
-              read_only: bool = False, move_to: Optional[str] = None, protect=None, keep_rules=None) -> None:
+              read_only: bool = False, move_to: Optional[str] = None, protect=None, keep_rules=None,
+              calibration="zoo-calibration.json") -> None:
         """Serve searches over HTTP: a JSON API (docs at /docs) and a web page; the index's model loads once.
 
         Args:
@@ -276,7 +300,8 @@ class ZooTrainer(L.Trainer):
                    threads=threads, allowed_hosts=allowed_hosts or (), max_pixels=max_pixels,
                    precision=str(self.precision), read_only=read_only, move_to=move_to,
                    keep_rules=tuple(keep_rules or DEFAULT_RULES), protect=protect or (),
-                   page="#review" if duplicates else "")  # the index's own by default (zoo.cli.main.default_precision)
+                   page="#review" if duplicates else "",  # precision: the index's own by default
+                   calibration=calibration)
 
     @command()
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False) -> None:
@@ -290,4 +315,4 @@ class ZooTrainer(L.Trainer):
 
 
 ZooTrainer.list = ZooTrainer.list_registered  # `zoo list`
-COMMANDS = ("index", "search", "compare", "duplicates", "calibrate", "benchmark", "export", "serve", "list")
+COMMANDS = ("index", "search", "compare", "duplicates", "calibrate", "check", "benchmark", "export", "serve", "list")

@@ -77,7 +77,7 @@ def logs_follow_root_dir(trainer) -> None:
             init_args.save_dir = str(trainer.default_root_dir)
 
 
-FAST_CPU_COMMANDS = {"index", "search", "compare", "duplicates", "calibrate", "serve"}  # bf16 on the CPU with ZOO_CPU_BF16=1
+FAST_CPU_COMMANDS = {"index", "search", "compare", "duplicates", "calibrate", "serve", "check"}  # bf16 on the CPU with ZOO_CPU_BF16=1
 
 
 def default_precision(subcommand: str, cfg) -> str:
@@ -87,7 +87,7 @@ def default_precision(subcommand: str, cfg) -> str:
     it; zoo serve runs its model on the CPU; zoo benchmark (and commands that embed nothing)
     keep fp32 on the CPU."""
     on_index = {"index": cfg.get("out") if cfg.get("update") else None, "search": cfg.get("index"),
-                "serve": cfg.get("index"), "duplicates": cfg.get("index")}.get(subcommand)
+                "check": cfg.get("index"), "serve": cfg.get("index"), "duplicates": cfg.get("index")}.get(subcommand)
     recorded = current_precision(on_index) if on_index else None
     accelerator = "cpu" if subcommand == "serve" else cfg.trainer.accelerator
     return inference_setting(accelerator, recorded=recorded, cpu_bf16=subcommand in FAST_CPU_COMMANDS).precision

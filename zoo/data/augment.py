@@ -181,3 +181,24 @@ def make_copy(image: Image.Image, spec: Spec, seed: int, size: Sequence[int] | N
         finally:
             random.setstate(state)
     return out if isinstance(out, Image.Image) else v2.functional.to_pil_image(out)
+
+
+def timm_augmentation(data_config: dict[str, Any], auto_augment: str, scale: Sequence[float] = (0.35, 1.0)):
+    """PIL image -> (3, H, W) float tensor, the ImageNet training recipe of timm's
+    create_transform: a random resized crop to ``scale`` of the area, a mirror half the time,
+    then ``auto_augment`` (timm's policy string: "rand-m9-mstd0.5-inc1" for RandAugment,
+    "original" for AutoAugment, "augmix-m5-w4-d2"), scaled and normalised as the model expects."""
+    import timm.data
+
+    if not isinstance(auto_augment, str) or not auto_augment:
+        raise ZooError(f"auto_augment {auto_augment!r}: a timm policy string is expected, e.g. rand-m9-mstd0.5-inc1")
+    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise ZooError(f"crop_scale {list(scale)}: [low, high] shares of the area in (0, 1] are expected")
+    try:
+        return timm.data.create_transform(
+            input_size=tuple(data_config["input_size"]), is_training=True, scale=tuple(scale), hflip=0.5,
+            auto_augment=auto_augment, interpolation=data_config.get("interpolation", "bilinear"),
+            mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
+    except (AssertionError, KeyError, ValueError, IndexError) as e:
+        raise ZooError(f"auto_augment {auto_augment!r}: not a timm policy ({type(e).__name__}: {str(e)[:100]}); "
+                       f"e.g. rand-m9-mstd0.5-inc1, original, augmix-m5-w4-d2") from None

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.augment import Spec, build_augmentation, resolve_spec
+from zoo.data.augment import Spec, build_augmentation, resolve_spec, timm_augmentation
 from zoo.data.defaults import BATCH_SIZE, NUM_WORKERS
 from zoo.data.images import ImageDataset, Record, collate, scan_folder
 from zoo.errors import ZooError
@@ -111,6 +111,8 @@ class ZooDataModule(L.LightningDataModule):
         augmentations: Union[str, list[dict[str, Any]]] = "default",
         val_augmentations: Union[str, list[dict[str, Any]]] = "copyset",
         seed: int = 0,
+        auto_augment: Optional[str] = None,
+        crop_scale: tuple[float, float] = (0.35, 1.0),
     ):
         """
         Args:
@@ -124,6 +126,9 @@ class ZooDataModule(L.LightningDataModule):
                 torchvision.transforms.v2 class (see zoo/augment.py).
             val_augmentations: the fixed, seeded edits of the unlabelled validation copies;
                 keep them different from the training ones so validation measures generalisation.
+            auto_augment: labelled training: timm's training transform instead of --data.augmentations,
+                with this policy (rand-m9-mstd0.5-inc1: RandAugment; original: AutoAugment; augmix-m5-w4-d2).
+            crop_scale: with auto_augment, the random crop's share of the area [low, high].
         """
         super().__init__()
         self.save_hyperparameters()
@@ -135,6 +140,8 @@ class ZooDataModule(L.LightningDataModule):
                 f"{samples_per_class} holding at least 2 classes (e.g. --data.batch_size {2 * samples_per_class} or more)"
             )
         resolve_spec(augmentations), resolve_spec(val_augmentations)  # a bad name fails now
+        if auto_augment is not None:  # so does a bad policy
+            timm_augmentation({"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}, auto_augment, crop_scale)
         self.train_records: list[Record] = []
         self.val_records: list[Record] = []
 
@@ -180,7 +187,13 @@ class ZooDataModule(L.LightningDataModule):
         import timm
 
         eval_tf = timm.data.create_transform(**cfg, is_training=False)
-        train_tf = augmentation(cfg, self.hparams.augmentations)
+        if self.hparams.auto_augment is not None:
+            if not self.labelled:
+                raise ZooError("--data.auto_augment is for labelled training; unlabelled training makes its positives "
+                               "with --data.augmentations")
+            train_tf = timm_augmentation(cfg, self.hparams.auto_augment, self.hparams.crop_scale)
+        else:
+            train_tf = augmentation(cfg, self.hparams.augmentations)
         ids = {c: i for i, c in enumerate(self.classes)}
         if self.labelled:
             self.train_set = LabelledImages(self.train_records, [ids[r.label] for r in self.train_records], train_tf)

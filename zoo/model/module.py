@@ -6,6 +6,7 @@ module (e.g. by the CLI) is cheap and a bad name fails at once, before any work.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Optional
 
 import lightning as L
@@ -23,9 +24,9 @@ from zoo.backbones.timm_backbone import (
 from zoo.data.decode import DevicePreprocess
 from zoo.data.images import load_image
 from zoo.data.transforms import draft_size, pixel_transform
-from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
 from zoo.model.inference import inference_setting
+from zoo.model.optim import configure as configure_training
 from zoo.metrics.pairs import pair_summary
 from zoo.metrics.retrieval import RetrievalMetrics
 from zoo.registry import HEADS
@@ -58,6 +59,9 @@ class ZooModel(L.LightningModule):
         weight_decay: float = 1e-4,
         float16_embeddings: bool = False,
         seed: int = 0,
+        lr_schedule: str = "constant",
+        warmup_steps: int = 0,
+        layer_decay: Optional[float] = None,
     ):
         """
         Args:
@@ -81,6 +85,10 @@ class ZooModel(L.LightningModule):
             lr: learning rate of the head; backbone_lr: of the unfrozen backbone stages.
             float16_embeddings: return embeddings as float16 (half the memory).
             seed: seed of random initialisation, so random-init models are reproducible.
+            lr_schedule: constant or cosine (decays to 0 at the last step; zoo.model.optim).
+            warmup_steps: optimizer steps of linear warm-up before the schedule.
+            layer_decay: each backbone block below the top one trains at this factor times
+                the rate of the block above (e.g. 0.8); None: one rate (backbone_lr).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -117,6 +125,7 @@ class ZooModel(L.LightningModule):
             in_features = self.backbone.feature_channels
         else:
             in_features = self.backbone.dim
+        self._fill_num_classes()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hp.seed)
             self.head = create_head(hp.head, in_features, **(hp.head_kwargs or {}))
@@ -126,6 +135,17 @@ class ZooModel(L.LightningModule):
                 self.backbone.freeze("all")
             elif hp.freeze_until:
                 self.backbone.freeze(hp.freeze_until)
+
+    def _fill_num_classes(self) -> None:
+        """A head taking ``num_classes`` (a loss with a vector per class) gets the training
+        folder's class count when it has none; kept in the hyperparameters, so a checkpoint
+        builds the same head."""
+        kwargs = dict(self.hparams.head_kwargs or {})
+        if kwargs.get("num_classes") is not None or "num_classes" not in inspect.signature(HEADS.get(self.hparams.head)).parameters:
+            return
+        classes = getattr(getattr(self._trainer, "datamodule", None), "classes", None)
+        if classes:
+            self.hparams.head_kwargs = {**kwargs, "num_classes": len(classes)}
 
     def build(self) -> "ZooModel":
         """Build the networks now (outside a Trainer) and return self."""
@@ -305,22 +325,11 @@ class ZooModel(L.LightningModule):
         self.val_metrics.reset()
 
     def configure_optimizers(self):
-        hp = self.hparams
-        head_params = [p for p in self.head.parameters() if p.requires_grad]
-        groups = [{"params": head_params, "lr": hp.lr}] if head_params else []
-        if self.backbone is not None:
-            bb = [p for p in self.backbone.parameters() if p.requires_grad]
-            if bb:
-                groups.append({"params": bb, "lr": hp.backbone_lr})
-        if not groups:
-            raise ZooError(f"nothing to train: head '{hp.head}' has no trainable parameters and the backbone is frozen")
-        return torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        return configure_training(self)  # zoo.model.optim: parameter groups and schedule
 
 
 def model_config(hparams: dict) -> dict:
     """The ZooModel constructor arguments among ``hparams`` (which may carry extra keys)."""
-    import inspect
-
     names = set(inspect.signature(ZooModel.__init__).parameters) - {"self"}
     return {k: v for k, v in dict(hparams).items() if k in names}
 

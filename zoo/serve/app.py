@@ -5,6 +5,7 @@ at /docs):
     GET  /api/health                      liveness (never needs the token)
     GET  /api/info                        index and model: architecture, weights, count, ...
     POST /api/search?k=10                 top k for an uploaded image (multipart field "file")
+    POST /api/check                       is an upload a copy of an indexed item or new ("file")
     POST /api/compare                     score in [0, 1] and cosine of two uploads ("a", "b")
     GET  /api/items/{id}                  one indexed item
     GET  /api/items/{id}/similar?k=10     more like this: top k for an indexed item
@@ -116,6 +117,17 @@ def create_app(service: SearchService, token: Optional[str] = None, write_token:
         results = service.search(service.forward(x), service.clamp_k(k))
         return {"query": {"name": file.filename, "decoded_size": list(size)},  # big JPEGs decode reduced
                 "k": len(results), "results": results, "took_ms": round(1000 * (time.perf_counter() - start), 1)}
+
+    @app.post("/api/check", tags=["search"], dependencies=guarded)
+    def check(file: UploadFile = File(..., description="the uploaded image")) -> dict:
+        """Is the upload a copy of an indexed item ("copy", with the item) or "new"? With the cosine
+        of the nearest item, the calibrated threshold for this index's size and the expected
+        precision of a copy verdict; "calibrated": false when the model has no calibration."""
+        start = time.perf_counter()
+        x, size = read_upload(file, "the upload")
+        answer = service.check(service.forward(x))
+        return {"query": {"name": file.filename, "decoded_size": list(size)}, **answer,
+                "took_ms": round(1000 * (time.perf_counter() - start), 1)}
 
     @app.post("/api/compare", tags=["search"], dependencies=guarded)
     def compare(a: UploadFile = File(..., description="first image"),

@@ -73,12 +73,13 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
                duplicates: Optional[str] = None, max_upload_mb: float = 20.0, threads: int = 1,
                allowed_hosts: Sequence[str] = (), max_pixels: int = MAX_PIXELS, precision: Optional[str] = None,
                read_only: bool = False, move_to: Optional[str] = None, keep_rules: Sequence[str] = DEFAULT_RULES,
-               protect: Sequence[str] = (), page: str = "") -> None:
+               protect: Sequence[str] = (), page: str = "", calibration: Optional[str] = None) -> None:
     """Load the index and its model once, then answer HTTP requests until interrupted.
     ``precision``: of the forward passes (default: the index's own where this CPU computes it);
     ``read_only``: refuse every write; ``move_to``, ``keep_rules``, ``protect``: the review page's
     quarantine folder, keep-best rules and protected folders; ``page``: the part of the page
-    to point at (e.g. "#review")."""
+    to point at (e.g. "#review"); ``calibration``: the calibration file of the upload check
+    (POST /api/check)."""
     token = token or os.environ.get("ZOO_TOKEN") or None
     check_rules(keep_rules)
     if max_upload_mb <= 0:
@@ -97,11 +98,15 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
         print(f"zoo: loading {idx.describe()} for {len(idx)} items ...", file=sys.stderr, flush=True)
         max_bytes = int(max_upload_mb * (1 << 20))
         service = SearchService(idx, index, duplicates=duplicates, max_upload_bytes=max_bytes, max_pixels=max_pixels,
-                                precision=precision, quarantine=move_to, keep_rules=keep_rules, protect=protect)
+                                precision=precision, quarantine=move_to, keep_rules=keep_rules, protect=protect,
+                                calibration=calibration)
         write_token = token or secrets.token_urlsafe(18)  # writes need a token even on loopback
         if service.review is not None and not read_only and token is None:
             print(f"zoo: moving and undoing from the review page need this token (the page asks for it once; "
                   f"set your own with --token or ZOO_TOKEN): {write_token}", file=sys.stderr, flush=True)
+        if service.copy_check is None:
+            print(f"zoo: note: the upload check (/api/check) has no calibration: {service.uncalibrated}",
+                  file=sys.stderr, flush=True)
         # a body holds at most two uploads (compare) plus the multipart framing
         app = BodyLimit(create_app(service, token=token, write_token=write_token, read_only=read_only),
                         max_bytes=2 * max_bytes + (64 << 10))

@@ -25,6 +25,7 @@ from zoo.data.transforms import draft_size, eval_transform
 from zoo.dedup.compare import similarity_score
 from zoo.dedup.keep import DEFAULT_RULES
 from zoo.errors import ZooError
+from zoo.evaluate.check import load_check, verdict
 from zoo.index.core import ZooIndex
 from zoo.model.inference import inference_setting
 from zoo.serve.duplicates import load_duplicates
@@ -50,7 +51,7 @@ class SearchService:
     def __init__(self, index: ZooIndex, index_path: str | Path, duplicates: Optional[str | Path] = None,
                  max_upload_bytes: int = 20 << 20, max_pixels: int = MAX_PIXELS, precision: Optional[str] = None,
                  quarantine: Optional[str | Path] = None, keep_rules: Sequence[str] = DEFAULT_RULES,
-                 protect: Sequence[str | Path] = ()):
+                 protect: Sequence[str | Path] = (), calibration: Optional[str | Path] = None):
         self.idx = index
         self.index_path = str(Path(index_path).resolve())
         if len(index) == 0:
@@ -70,6 +71,13 @@ class SearchService:
         # the review page's moves go to --move_to, by default a folder beside groups.json
         self.review = None if self.duplicates is None else Review(
             self.duplicates, index, quarantine or self.duplicates.file.parent / "quarantine", keep_rules, protect)
+        self.copy_check, self.uncalibrated = None, "no calibration given (start with --calibration FILE)"
+        if calibration:  # the upload check (zoo.evaluate.check): the threshold for this index's size
+            try:
+                m = index.meta["model"]
+                self.copy_check = load_check(calibration, m["architecture"], m["weights"], len(index))
+            except ZooError as e:
+                self.uncalibrated = str(e)
         self.embed(Image.new("RGB", (32, 32), (127, 127, 127)))  # warm-up: the first forward is slow
 
     # -- identity --------------------------------------------------------------------------
@@ -174,6 +182,19 @@ class SearchService:
         va, vb = (self.forward(x).astype(np.float64) for x in (xa, xb))
         cos = float(np.clip(va @ vb / max(np.linalg.norm(va) * np.linalg.norm(vb), 1e-12), -1.0, 1.0))
         return {"score": round(float(similarity_score(cos)), 6), "cosine": round(cos, 6)}
+
+    def check(self, vector: np.ndarray) -> dict:
+        """The upload check for an embedding (D,): "copy" of its nearest item or "new", with the
+        calibrated threshold and its expected precision; without a calibration, "calibrated":
+        false with the nearest item and its score (zoo.evaluate.check)."""
+        sims, ids = self.idx.search_vectors(vector[None, :], 1)
+        hits = self.idx.hits(sims[0], ids[0])
+        if not hits:
+            return verdict(self.copy_check, None, None, self.uncalibrated)
+        h = hits[0]
+        near = {"id": h.id, "path": h.path, "name": Path(h.path).name, "label": h.label,
+                "thumbnail": f"/api/items/{h.id}/thumbnail"}
+        return verdict(self.copy_check, near, h.similarity, self.uncalibrated)
 
     def clamp_k(self, k: int) -> int:
         """``k`` within 1..MAX_K and the number of items."""

@@ -135,12 +135,14 @@ async function searchByFile(file) {
   state.lastQuery = { kind: "file", file };
   $("query-meta").textContent = `${file.name} · ${(file.size / 1024).toFixed(0)} KiB`;
   $("results-note").textContent = "searching…";
+  showVerdict("");
   const form = new FormData();
   form.append("file", file, file.name);
   try {
     const data = await api(`/api/search?k=${k()}`, { method: "POST", body: form });
     showMessage("");
     showResults(data, `query: ${file.name}`);
+    checkFile(file);
   } catch (e) {
     showMessage(e.message);
     $("results-note").textContent = "no results";
@@ -148,9 +150,40 @@ async function searchByFile(file) {
   }
 }
 
+// the upload check: is the query a copy of an indexed item, or new? (POST /api/check)
+function showVerdict(text, kind) {
+  const box = $("verdict");
+  box.textContent = text || "";
+  box.className = `verdict ${kind || ""}`;
+  box.hidden = !text;
+}
+
+async function checkFile(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  try {
+    const c = await api("/api/check", { method: "POST", body: form });
+    const near = c.nearest ? c.nearest.name : "nothing";
+    if (!c.calibrated) {
+      showVerdict(`Copy check: no calibration for this model (${c.note}); nearest ${near} at cosine ${c.cosine === null ? "–" : c.cosine.toFixed(3)}.`, "");
+      return;
+    }
+    const p = c.expected_precision === null ? "unknown" : c.expected_precision.toFixed(3);
+    if (c.verdict === "copy") {
+      showVerdict(`Copy of ${near}: cosine ${c.cosine.toFixed(3)} ≥ threshold ${c.threshold.toFixed(3)} (expected precision ${p} among ${c.index_items} items).`, "copy");
+    } else {
+      showVerdict(`New: nearest ${near} at cosine ${c.cosine === null ? "–" : c.cosine.toFixed(3)} < threshold ${c.threshold.toFixed(3)} (a copy verdict there has expected precision ${p}).`, "new");
+    }
+    $("verdict").title = c.estimate;
+  } catch (e) {
+    showVerdict(`Copy check: ${e.message}`, "");
+  }
+}
+
 async function searchById(id) {
   location.hash = "#search";
   state.lastQuery = { kind: "id", id };
+  showVerdict("");  // an indexed item is not an upload to check
   $("results-note").textContent = "searching…";
   try {
     const data = await api(`/api/items/${id}/similar?k=${k()}`);

@@ -1,0 +1,152 @@
+"""The labelled recipe (issue 24): pytorch-metric-learning losses as options of the triplet head,
+warm-up + cosine schedule, layer-wise learning rates, timm's RandAugment, the configs."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from zoo.errors import ZooError
+from zoo.heads.losses import LOSSES
+from zoo.heads.triplet import TripletHead
+from zoo.model.module import ZooModel
+from zoo.model.optim import schedule_factor
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "metric"
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """16 feature vectors of 4 classes (4 each): class centres plus as much noise, so that
+    every loss has hard pairs to learn from."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(4).repeat_interleave(4)
+    centres = torch.randn(4, 32, generator=g)
+    return centres[labels] + 1.5 * torch.randn(16, 32, generator=g), labels
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_builds_and_one_step_lowers_it(loss):
+    torch.manual_seed(0)
+    mining = {"mining": "all"} if loss == "triplet" else {}
+    head = TripletHead(32, projection="linear", loss=loss, num_classes=4, **mining)
+    feats, labels = batch()
+    before, _ = head.training_loss(feats, None, labels)
+    assert before.item() > 0
+    head_params = list(head.parameters())
+    if loss in ("proxyanchor", "arcface"):  # the class vectors are the head's parameters
+        assert any(p is q for p in head.loss_fn.parameters() for q in head_params)
+        assert "loss_fn." + next(n for n, _ in head.loss_fn.named_parameters()) in dict(head.named_parameters())
+    opt = torch.optim.SGD(head_params, lr=0.01)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    after, _ = head.training_loss(feats, None, labels)
+    assert after.item() < before.item()
+
+
+def test_loss_options_are_checked():
+    with pytest.raises(ZooError, match="loss 'proxyanchor' learns one vector per class and needs num_classes"):
+        TripletHead(32, projection="linear", loss="proxyanchor")
+    with pytest.raises(ZooError, match="loss 'softmax' is not one of triplet, ntxent, multisimilarity"):
+        TripletHead(32, loss="softmax")
+    with pytest.raises(ZooError, match=r"loss 'multisimilarity' options \{'gamma': 1\}"):
+        TripletHead(32, loss="multisimilarity", loss_options={"gamma": 1})
+    head = TripletHead(32, projection="linear", loss="multisimilarity", loss_options={"alpha": 3.0})
+    assert head.loss_fn.alpha == 3.0 and head.loss_fn.beta == 50.0  # the paper's defaults under the option
+
+
+def test_warmup_then_cosine_schedule():
+    # 10 warm-up steps from 1/11 to 10/11, then 1 falling along a cosine to 0 at step 110
+    assert schedule_factor(0, 110, 10) == pytest.approx(1 / 11)
+    assert schedule_factor(9, 110, 10) == pytest.approx(10 / 11)
+    assert schedule_factor(10, 110, 10) == 1.0
+    assert schedule_factor(60, 110, 10) == pytest.approx(0.5)
+    assert schedule_factor(35, 110, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert schedule_factor(110, 110, 10) == pytest.approx(0.0) and schedule_factor(500, 110, 10) == pytest.approx(0.0)
+    assert schedule_factor(50, 110, 0, kind="constant") == 1.0 and schedule_factor(2, 110, 4, kind="constant") == 0.6
+
+
+def tiny_model(**kw) -> ZooModel:
+    model = ZooModel(backbone="test_resnet", head="triplet", pretrained=False, data_config={"image_size": 32},
+                     head_kwargs={"projection": "linear", "loss": "proxyanchor"}, lr=0.01, backbone_lr=0.001, **kw)
+    model._trainer = SimpleNamespace(estimated_stepping_batches=100, datamodule=SimpleNamespace(classes=["a", "b", "c"]))
+    return model.build()
+
+
+def test_optimizer_groups_schedule_and_num_classes_from_the_data():
+    model = tiny_model(lr_schedule="cosine", warmup_steps=10, layer_decay=0.5, freeze_until=None)
+    assert model.head.num_classes == 3 and model.hparams.head_kwargs["num_classes"] == 3  # kept for checkpoints
+    assert model.head.loss_fn.proxies.shape == (3, model.head.dim)
+    conf = model.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    lrs = {g["name"]: g["initial_lr"] for g in opt.param_groups}  # the base rates (lr: after the warm-up's first factor)
+    assert lrs["head"] == 0.01 and lrs["loss"] == 0.01  # loss_lr_scale 1 by default
+    backbone = [g for g in opt.param_groups if g["name"].startswith("backbone")]
+    assert len(backbone) >= 3 and backbone[-1]["initial_lr"] == 0.001
+    for lower, upper in zip(backbone, backbone[1:]):  # each block half the rate of the one above
+        assert lower["initial_lr"] == pytest.approx(0.5 * upper["initial_lr"])
+    every = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert every == {id(p) for p in model.parameters() if p.requires_grad}  # each trainable parameter once
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 / 11)  # warm-up: step 0
+    for _ in range(55):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.005)  # step 55 of 100 after 10 of warm-up: half-way down
+    # without a schedule: the optimizer alone, one backbone group, as before
+    plain = tiny_model().configure_optimizers()
+    assert isinstance(plain, torch.optim.AdamW) and [g["name"] for g in plain.param_groups] == ["head", "loss", "backbone"]
+
+
+def test_randaugment_from_timm(tmp_path):
+    from zoo.data.augment import timm_augmentation
+    from zoo.data.datamodule import ZooDataModule
+
+    cfg = {"input_size": (3, 40, 40), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear"}
+    t = timm_augmentation(cfg, "rand-m9-mstd0.5-inc1")
+    assert "RandAugment" in repr(t) and "RandomResizedCrop" in repr(t)
+    torch.manual_seed(0)
+    image = Image.radial_gradient("L").convert("RGB")
+    a, b = t(image), t(image)
+    assert a.shape == (3, 40, 40) and not torch.equal(a, b)  # random each time
+    with pytest.raises(ZooError, match="auto_augment 'nonsense': not a timm policy"):
+        ZooDataModule(root=str(tmp_path), auto_augment="nonsense")
+    with pytest.raises(ZooError, match=r"crop_scale \[0.0, 1.0\]"):
+        ZooDataModule(root=str(tmp_path), auto_augment="rand-m9", crop_scale=(0.0, 1.0))
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_shared", "resnet50", "vgg16", "inception_resnet_v2"])
+def test_metric_configs_parse(name, zoo_cli):
+    code, out, err = zoo_cli("fit", "--config", CONFIGS / f"{name}.yaml", "--print_config")
+    assert code == 0, err
+    assert "loss: multisimilarity" in out and "lr_schedule: cosine" in out and "auto_augment: rand-m9-mstd0.5-inc1" in out
+    assert "projection: linear" in out and "layer_decay: 0.7" in out
+
+
+def test_fit_with_proxies_schedule_and_randaugment_then_the_checkpoint_reloads(tmp_path, zoo_cli):
+    from shapes import make_shapes
+
+    from zoo.model.restore import load_model
+
+    data = make_shapes(tmp_path / "shapes", per_class=6, seed=0, size=32, shapes=("circle", "square", "triangle"))
+    runs = tmp_path / "runs"
+    code, _, err = zoo_cli("fit", "--data.root", data, "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
+                           "--trainer.logger.init_args.save_dir", runs, "--trainer.default_root_dir", runs,
+                           "--model.backbone", "test_resnet", "--model.pretrained", "false", "--model.head", "triplet",
+                           "--model.data_config", "{image_size: 32}", "--model.head_kwargs",
+                           "{loss: proxyanchor, projection: linear, loss_lr_scale: 100}", "--model.lr_schedule", "cosine",
+                           "--model.warmup_steps", "1", "--model.layer_decay", "0.8", "--data.auto_augment", "rand-m9",
+                           "--data.batch_size", "6", "--data.samples_per_class", "2", "--data.val_fraction", "0.34",
+                           "--trainer.max_epochs", "2", "--trainer.num_sanity_val_steps", "0", "--trainer.log_every_n_steps", "1")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(next(runs.rglob("metrics.csv")))))
+    assert any(r.get("train/loss") for r in rows) and any(r.get("val/map") for r in rows)
+    ckpt = next(runs.rglob("last.ckpt"))
+    model = load_model(str(ckpt))
+    assert model.hparams.head_kwargs["num_classes"] == 3 and model.head.loss_fn.proxies.shape == (3, model.head.dim)
+    x = torch.rand(2, 3, 32, 32)
+    assert model.eval()(x).shape == (2, model.head.dim)
