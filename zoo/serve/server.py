@@ -69,9 +69,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
                duplicates: Optional[str] = None, max_upload_mb: float = 20.0, threads: int = 1,
-               allowed_hosts: Sequence[str] = (), max_pixels: int = MAX_PIXELS, precision: Optional[str] = None) -> None:
+               allowed_hosts: Sequence[str] = (), max_pixels: int = MAX_PIXELS, precision: Optional[str] = None,
+               runtime: str = "auto") -> None:
     """Load the index and its model once, then answer HTTP requests until interrupted.
-    ``precision``: of the forward passes (default: the index's own where this CPU computes it)."""
+    ``precision``: of the forward passes (default: the index's own where this CPU computes it);
+    ``runtime``: what runs them (zoo.model.runtime; auto: compiled fp32 where installed)."""
     token = token or os.environ.get("ZOO_TOKEN") or None
     if max_upload_mb <= 0:
         raise ZooError(f"--max_upload_mb {max_upload_mb}: must be positive")
@@ -89,7 +91,7 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
         print(f"zoo: loading {idx.describe()} for {len(idx)} items ...", file=sys.stderr, flush=True)
         max_bytes = int(max_upload_mb * (1 << 20))
         service = SearchService(idx, index, duplicates=duplicates, max_upload_bytes=max_bytes, max_pixels=max_pixels,
-                                precision=precision)
+                                precision=precision, runtime=runtime)
         # a body holds at most two uploads (compare) plus the multipart framing
         app = BodyLimit(create_app(service, token=token), max_bytes=2 * max_bytes + (64 << 10))
         shown_host, shown_port = sock.getsockname()[:2]
@@ -99,8 +101,8 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
             print("zoo: warning: listening beyond this machine without a token; anyone who can reach "
                   "it can search (set ZOO_TOKEN or --token)", file=sys.stderr)
         print(f"zoo: serving {Path(index)} at http://{shown_host}:{shown_port}/ (API docs at /docs"
-              f"{', bearer token required' if token else ''}; queries on the CPU, precision {service.inference.precision}"
-              f"{', channels_last' if service.inference.channels_last else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
+              f"{', bearer token required' if token else ''}; queries on the CPU, {service.runtime}, precision "
+              f"{service.inference.precision}{', channels_last' if service.uses_channels_last else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
         make_server(app).run(sockets=[sock])
     finally:
         sock.close()
