@@ -202,3 +202,32 @@ def test_runtimes_agree_with_torch_fp32_on_real_photos():
         assert cosines(got, ref).min() >= 0.999, runtime
         assert overlap >= 0.99, runtime
         assert pairs == ref_pairs, runtime
+
+
+# ---- big pictures: JPEG draft mode and reduce-on-load ------------------------------------------------------
+def smooth(w: int, h: int, seed: int = 0) -> Image.Image:
+    small = np.random.default_rng(seed).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((w, h), Image.BICUBIC)
+
+
+def test_big_pictures_are_reduced_on_load_without_changing_the_model_input(tmp_path):
+    import timm
+
+    from zoo.data.images import load_image
+
+    transform = timm.data.create_transform(input_size=(3, 224, 224), interpolation="bicubic", crop_pct=0.875,
+                                           is_training=False, use_prefetcher=True)
+    png = tmp_path / "screen.png"
+    smooth(1920, 1080).save(png)
+    reduced = load_image(png, draft_size=257)
+    assert reduced.size == (960, 540)  # reduced by 2: still at least twice the resize's 257
+    full = load_image(png)
+    assert full.size == (1920, 1080)
+    diff = (transform(reduced).float() - transform(full).float()).abs()
+    assert float(diff.mean()) < 1.0 and float(diff.max()) <= 4  # grey levels of the model's uint8 input
+    phone = tmp_path / "phone.jpg"
+    smooth(4032, 3024).save(phone, quality=90)
+    assert load_image(phone, draft_size=257).size == (504, 378)  # JPEG DCT scaling, 1/8
+    photo = tmp_path / "photo.png"
+    smooth(500, 375).save(photo)
+    assert load_image(photo, draft_size=257).size == (500, 375)  # small pictures as they are
