@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from zoo.errors import ZooError
+from zoo.model.graph import EmbeddingModel  # the graph zoo export writes
 from zoo.model.inference import BF16, FP16, FP32, normalise_precision
 
 TORCH, ONNX, OPENVINO, AUTO = "torch", "onnx", "openvino", "auto"
@@ -107,8 +108,6 @@ class CompiledForward:
     as many threads as torch uses (the physical cores by default)."""
 
     def __init__(self, model, runtime: str, precision: str = FP32):
-        from zoo.model.export import EmbeddingModel  # the graph zoo export writes
-
         self.runtime, self.precision = runtime, normalise_precision(precision)
         net = EmbeddingModel(model).eval().float()
         _, h, w = model.data_config["input_size"]
