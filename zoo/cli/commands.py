@@ -61,7 +61,7 @@ class ZooTrainer(L.Trainer):
             decode: where JPEGs are decoded: auto (on the GPU when the model runs on CUDA), cpu or
                 device; what the device cannot decode (PNG, progressive, ...) goes to the workers.
             shard_size: embeddings per shard written to disk (the most a crash can lose).
-            channels_last: channels-last layout for the forward (default: on CUDA and with CPU bf16).
+            channels_last: channels-last layout (default: on CUDA, with CPU bf16).
         """
         self.zoo_runtime = runtime
         run_index(resolve_model(model, backbone, checkpoint), images, out, video=video, every=every, update=update,

@@ -33,9 +33,7 @@ SHARED: dict[str, Option] = {
     "batch_size": Option(int, BATCH_SIZE, "images per forward pass (on a GPU, 256 or more keeps it busy)."),
     "num_workers": Option(int, NUM_WORKERS, "loader processes that read and decode files (on a GPU machine, "
                                             "about the number of CPU cores)."),
-    "runtime": Option(str, "auto", "what runs the forward: torch, onnx (ONNX Runtime) or openvino, on the CPU, "
-                                   "exact to fp32; auto: the fastest installed for big runs on the CPU, torch "
-                                   "elsewhere (index --update: the index's own)."),
+    "runtime": Option(str, "auto", "torch, onnx or openvino (CPU, exact fp32), or auto."),
     "calibration": Option(str, "zoo-calibration.json", "the calibration file (`zoo calibrate` writes it, "
                                                        "`--threshold auto` reads it)."),
 }
