@@ -11,7 +11,8 @@ installed). For each backbone and path it prints images per second of
   index phone    the same on phone-sized JPEGs (4032 x 3024, food7 upscaled; --phone, first backbone)
   index PNG      the same on PNG screenshots (1920 x 1080; --screens, first backbone)
 with the ratio of each to the bare fp32 forward, and the path's agreement with torch fp32 on
---agree food7 photos (the shared pretrained MobileNetV2, random-init others): min and mean
+--agree food7 photos, a sixth of them edited copies (the shared pretrained MobileNetV2,
+random-init others): min and mean
 per-image cosine, top-10 neighbour overlap, and whether the duplicate pairs at 0.95 are the same.
 "ok" marks a path that keeps cosine >= 0.999, overlap >= 0.99 and the same pairs.
 
@@ -166,13 +167,23 @@ def make_screens(folder: Path, n: int, seed: int = 2) -> Path:
     return folder
 
 
-def agreement_records(n: int):
-    """n food7 photos spread over its classes (none without ../shared)."""
+def agreement_records(n: int, folder: Path):
+    """n pictures: food7 photos spread over its classes and, for a sixth of n, edited copies of
+    some of them (JPEG quality 75, half also scaled to 90%) written to ``folder``, so that there
+    are duplicate pairs about the 0.95 threshold (none without ../shared)."""
     food7 = SHARED / "data" / "food7"
     if n <= 0 or not food7.is_dir():
         return []
+    copies = n // 6
     records = scan_folder(food7)
-    return records[:: max(1, len(records) // n)][:n]
+    records = records[:: max(1, len(records) // (n - copies))][: n - copies]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(records[:copies]):
+        with Image.open(r.path) as im:
+            scale = 1.0 if i % 2 else 0.9
+            im.convert("RGB").resize((int(im.width * scale), int(im.height * scale))).save(folder / f"copy{i}.jpg",
+                                                                                           quality=75)
+    return records + scan_folder(folder)
 
 
 def model_for(backbone: str):
@@ -240,7 +251,7 @@ def main() -> None:
         folders["phone"] = make_phone_photos(where / "phone", args.phone)
     if args.screens:
         folders["PNG"] = make_screens(where / "screens", args.screens)
-    agree_on = agreement_records(args.agree)
+    agree_on = agreement_records(args.agree, where / f"copies-{args.agree}")
     for i, backbone in enumerate(args.backbones):
         path_rows(args, backbone, i == 0, folders, agree_on if backbone in args.agree_backbones else [])
     if args.data_path:
