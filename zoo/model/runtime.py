@@ -43,6 +43,7 @@ COMPILED = (OPENVINO, ONNX)  # auto's order of preference
 MIN_IMAGES = 64  # auto compiles the forward for runs of at least this many images
 _PACKAGES = {ONNX: ("onnxruntime", "onnx"), OPENVINO: ("openvino", "onnx")}
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {(runtime, precision): forward}
+OPENVINO_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}  # one request at a time: a batch, or a serve query
 _HINTS = {ONNX: {FP32: None}, OPENVINO: {FP32: "f32", BF16: "bf16", FP16: "f16"}}
 
 
@@ -132,7 +133,7 @@ class CompiledForward:
 
             core = ov.Core()
             compiled = core.compile_model(core.read_model(io.BytesIO(buf.getvalue())), "CPU", {
-                "INFERENCE_PRECISION_HINT": _HINTS[OPENVINO][self.precision], "PERFORMANCE_HINT": "LATENCY",
+                **OPENVINO_CONFIG, "INFERENCE_PRECISION_HINT": _HINTS[OPENVINO][self.precision],
                 "INFERENCE_NUM_THREADS": threads})
             request = compiled.create_infer_request()
             self._run = lambda x: request.infer({0: x})[0]
