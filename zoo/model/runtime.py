@@ -11,10 +11,10 @@ The one rule (:func:`choose_runtime`):
   needs its package, and computes fp32 (ONNX Runtime) or fp32/bf16/fp16 (OpenVINO's precision
   hint, following ``--trainer.precision``);
 - ``auto`` (the commands' default): on the CPU at fp32, OpenVINO, else ONNX Runtime, else torch
-  (whichever is installed; ``index --update`` keeps the runtime the index recorded: keep_recorded); torch elsewhere (GPUs, bf16 or
-  fp16 autocast, a Trainer with no runtime: ``zoo benchmark``, the user's own Trainer), and for
-  runs of fewer than MIN_IMAGES images, where exporting and compiling (seconds) would cost more
-  than it saves.
+  (whichever is installed); torch elsewhere (GPUs, bf16 or fp16 autocast) and for runs of fewer
+  than MIN_IMAGES images, where exporting and compiling (seconds) would cost more than it saves.
+  ``index --update`` keeps the runtime the index recorded (keep_recorded). A Trainer with no
+  runtime (``zoo benchmark``, the user's own Trainer) runs torch.
 
 A Trainer carries the runtime asked for as ``trainer.zoo_runtime`` (zoo.cli.commands sets it from
 ``--runtime``; zoo.embed.runner.default_trainer from its argument); ZooModel runs the compiled
