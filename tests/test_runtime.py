@@ -124,24 +124,24 @@ def test_index_records_its_runtime_and_update_keeps_it(shapes_dir, tmp_path, zoo
     out = tmp_path / "a.index"
     code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, "--runtime", "onnx", *TINY)
     assert code == 0, err
-    assert "on cpu, onnx, precision 32-true" in err
+    assert "images on cpu with onnx, precision 32-true" in err
     assert meta_of(out)["runtime"] == "onnx" and meta_of(out)["precision"] == "32-true"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(shapes_dir / "circle" / "new.png")
     code, _, err = zoo_cli("index", "--update", "--out", out, *TINY)  # auto: the index's own
     assert code == 0, err
-    assert "embedding 1 images on cpu, onnx, precision 32-true" in err
+    assert "embedding 1 images on cpu with onnx, precision 32-true" in err
     assert meta_of(out)["runtime"] == "onnx"
     Image.new("RGB", (40, 40), (30, 200, 30)).save(shapes_dir / "circle" / "new2.png")
     code, _, err = zoo_cli("index", "--update", "--out", out, "--runtime", "torch", *TINY)
     assert code == 0, err
-    assert "embedding 1 images on cpu, torch" in err and "built with runtime onnx" in err
+    assert "embedding 1 images on cpu, precision" in err and "built with runtime onnx" in err
 
 
 def test_small_runs_and_old_indexes_are_torch(shapes_dir, tmp_path, zoo_cli):
     out = tmp_path / "a.index"
     code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY)
     assert code == 0, err
-    assert "on cpu, torch, precision 32-true" in err and meta_of(out)["runtime"] == "torch"
+    assert "images on cpu, precision 32-true" in err and meta_of(out)["runtime"] == "torch"
     assert load_index(out).runtime == "torch"
     marker = json.loads((out / "ZOO_INDEX.json").read_text())
     meta_path = out / marker["current"] / "meta.json"

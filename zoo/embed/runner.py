@@ -117,7 +117,8 @@ def describe_run(trainer: L.Trainer, model: ZooModel, n: int, mode: str, batch_s
     devices = f"{trainer.world_size} x {device.type}" if trainer.world_size > 1 else str(device)
     runtime = getattr(model, "runtime", None) or "torch"
     layout = ", channels_last" if runtime == "torch" and model.uses_channels_last(device, trainer.precision) else ""
-    return (f"zoo: embedding {n} images on {devices}, {runtime}, precision {trainer.precision}{layout}, "
+    runs = f" with {runtime}" if runtime != "torch" else ""  # ONNX Runtime, OpenVINO: zoo.model.runtime
+    return (f"zoo: embedding {n} images on {devices}{runs}, precision {trainer.precision}{layout}, "
             f"decoding on the {'device' if mode == 'device' else 'CPU'}, batch {batch_size}, {num_workers} loader workers")
 
 

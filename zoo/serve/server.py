@@ -101,7 +101,7 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
             print("zoo: warning: listening beyond this machine without a token; anyone who can reach "
                   "it can search (set ZOO_TOKEN or --token)", file=sys.stderr)
         print(f"zoo: serving {Path(index)} at http://{shown_host}:{shown_port}/ (API docs at /docs"
-              f"{', bearer token required' if token else ''}; queries on the CPU, {service.runtime}, precision "
+              f"{', bearer token required' if token else ''}; queries on the CPU with {service.runtime}, precision "
               f"{service.inference.precision}{', channels_last' if service.uses_channels_last else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
         make_server(app).run(sockets=[sock])
     finally:
