@@ -3,6 +3,7 @@
     python benchmarks/serve_latency.py [--index food7.index] [--requests 200] [--clients 1 4]
     python benchmarks/serve_latency.py --other-python ../base/.venv/bin/python   # start-up of another install too
     python benchmarks/serve_latency.py --review-only [--review-groups 100000]     # the review page alone
+    python benchmarks/serve_latency.py --runtimes torch openvino onnx --clients 1   # per `zoo serve --runtime`
 
 Starts `zoo serve` on a free loopback port as a subprocess, uploads food7 photos to
 /api/search (k=10) from N client threads (a fixed count of requests, loopback only), prints p50
@@ -154,6 +155,7 @@ def main() -> None:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--search-runs", type=int, default=3, help="`zoo search` processes to time")
     p.add_argument("--threads", type=int, nargs="+", default=[1], help="`zoo serve --threads` settings to measure")
+    p.add_argument("--runtimes", nargs="+", default=["auto"], help="`zoo serve --runtime` settings to measure")
     p.add_argument("--other-python", nargs="*", default=[], help="also time `zoo search` with these interpreters")
     p.add_argument("--review-groups", type=int, default=100_000, help="synthetic groups for the review page's load time")
     p.add_argument("--review-only", action="store_true", help="measure only the review page")
@@ -167,25 +169,27 @@ def main() -> None:
     photos = [Path(f).read_bytes() for f in sample]
 
     rows = []
-    for threads in args.threads:
-        proc, url = spawn_server(index, "--threads", str(threads))
-        try:
-            info = httpx.get(url + "/api/info").json()
-            run_clients(url, photos, 10, 1, args.k)  # warm-up
-            for clients in args.clients:
-                times, wall = run_clients(url, photos, args.requests, clients, args.k)
-                ms = np.array(times) * 1000
-                rows.append((threads, clients, len(times), np.percentile(ms, 50), np.percentile(ms, 95), len(times) / wall))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    for runtime in args.runtimes:
+        for threads in args.threads:
+            proc, url = spawn_server(index, "--threads", str(threads), "--runtime", runtime)
+            try:
+                info = httpx.get(url + "/api/info").json()
+                run_clients(url, photos, 10, 1, args.k)  # warm-up
+                for clients in args.clients:
+                    times, wall = run_clients(url, photos, args.requests, clients, args.k)
+                    ms = np.array(times) * 1000
+                    rows.append((runtime, threads, clients, len(times), np.percentile(ms, 50), np.percentile(ms, 95),
+                                 len(times) / wall))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
 
     print(f"\nzoo serve: {info['count']} items, {info['architecture']} ({info['weights'][:48]}); "
           f"{len(photos)} food7 photos as queries, k={args.k}, loopback, {os.cpu_count()} CPU cores")
-    print("| threads | clients | requests | p50 ms | p95 ms | requests/s |")
-    print("|---|---|---|---|---|---|")
-    for threads, c, n, p50, p95, rps in rows:
-        print(f"| {threads} | {c} | {n} | {p50:.0f} | {p95:.0f} | {rps:.1f} |")
+    print("| runtime | threads | clients | requests | p50 ms | p95 ms | requests/s |")
+    print("|---|---|---|---|---|---|---|")
+    for runtime, threads, c, n, p50, p95, rps in rows:
+        print(f"| {runtime} | {threads} | {c} | {n} | {p50:.0f} | {p95:.0f} | {rps:.1f} |")
 
     print(f"\n`zoo search` process (start-up + one query), median of {args.search_runs}:")
     print("| python | wall s | CPU s |")

@@ -39,11 +39,13 @@ def resolve_model(model: ZooModel, backbone: Optional[str] = None, checkpoint: O
 class ZooTrainer(L.Trainer):
     """Lightning's Trainer plus zoo's commands."""
 
-    @command(*MODEL_OPTIONS, "overwrite", *LOADER_OPTIONS)
+    zoo_runtime = None  # the --runtime of the command running (zoo.model.runtime); None: torch
+
+    @command(*MODEL_OPTIONS, "overwrite", *LOADER_OPTIONS, "runtime")
     def index(self, model: ZooModel, images: Optional[str] = None, out: str = "zoo.index", factory: str = "auto",
               update: bool = False, video: Optional[str] = None, every: int = 1, decode: str = "auto",
               shard_size: int = 4096, channels_last: Optional[bool] = None, backbone=None, checkpoint=None,
-              **options) -> None:
+              runtime="auto", **options) -> None:
         """Embed a folder of images (or a video's frames) into a persistent FAISS index.
 
         Embeddings stream to shards inside --out as they are made, so memory does not grow with
@@ -62,16 +64,17 @@ class ZooTrainer(L.Trainer):
             decode: where JPEGs are decoded: auto (on the GPU when the model runs on CUDA), cpu or
                 device; what the device cannot decode (PNG, progressive, ...) goes to the workers.
             shard_size: embeddings per shard written to disk (the most a crash can lose).
-            channels_last: channels-last layout for the forward (default: on CUDA and with CPU bf16).
+            channels_last: channels-last layout (default: on CUDA, with CPU bf16).
         """
+        self.zoo_runtime = runtime
         run_index(resolve_model(model, backbone, checkpoint), images, out, video=video, every=every, update=update,
                   factory=factory, decode=decode, shard_size=shard_size, channels_last=channels_last, trainer=self,
                   **options)
 
-    @command(*MODEL_OPTIONS, "overwrite")
+    @command(*MODEL_OPTIONS, "overwrite", "runtime")
     def search(self, model: ZooModel, query: list[str], index: str = "zoo.index", k: int = 10, json: bool = False,
                grid: Optional[str] = None, nprobe: Optional[int] = None, ef_search: Optional[int] = None,
-               backbone=None, checkpoint=None, overwrite=False) -> None:
+               backbone=None, checkpoint=None, overwrite=False, runtime="auto") -> None:
         """Rank the indexed images by cosine similarity to each query image.
 
         Queries are embedded with the index's own model unless --backbone or --checkpoint names
@@ -86,22 +89,24 @@ class ZooTrainer(L.Trainer):
             nprobe: IVF indexes: inverted lists to visit (default: the index's own, ~0.95 recall@10).
             ef_search: HNSW indexes: search breadth (default: the index's own).
         """
+        self.zoo_runtime = runtime
         own = resolve_model(model, backbone, checkpoint) if (backbone or checkpoint) else None
         run_search(index, query, own, k=k, as_json=json, grid=grid, overwrite=overwrite, nprobe=nprobe,
                    ef_search=ef_search, trainer=self)
 
-    @command(*MODEL_OPTIONS, "overwrite", *LOADER_OPTIONS)
+    @command(*MODEL_OPTIONS, "overwrite", *LOADER_OPTIONS, "runtime")
     def compare(self, model: ZooModel, images: list[str], matrix: Optional[str] = None, backbone=None,
-                checkpoint=None, **options) -> None:
+                checkpoint=None, runtime="auto", **options) -> None:
         """Similarity in [0, 1] of each pair of images (1 = same content).
 
         Args:
             images: two or more image files, or a folder.
             matrix: write the all-versus-all cosine distance matrix to MATRIX.csv and MATRIX.npy.
         """
+        self.zoo_runtime = runtime
         run_compare(resolve_model(model, backbone, checkpoint), images, matrix=matrix, trainer=self, **options)
 
-    @command(*MODEL_OPTIONS, "calibration", "overwrite", "protect", "keep_rules", *LOADER_OPTIONS)
+    @command(*MODEL_OPTIONS, "calibration", "overwrite", "protect", "keep_rules", *LOADER_OPTIONS, "runtime")
     def duplicates(self, model: ZooModel, images: Optional[str] = None, index: Optional[str] = None,
                    threshold: Union[float, Literal["auto"]] = 0.95, background: Optional[str] = None,
                    background_k: int = 10, out: str = "duplicates", exact_only: bool = False, plots: bool = False,
@@ -109,7 +114,7 @@ class ZooTrainer(L.Trainer):
                    approximate: bool = False, nprobe: Optional[int] = None, grouping: str = "star",
                    review: bool = False, port: int = 8000, token: Optional[str] = None, backbone=None,
                    checkpoint=None, calibration="zoo-calibration.json", precision: Optional[float] = None,
-                   protect=None, keep_rules=None,
+                   protect=None, keep_rules=None, runtime="auto",
                    **options) -> None:
         """Find exact and near-duplicate groups in a folder or an index.
 
@@ -147,6 +152,7 @@ class ZooTrainer(L.Trainer):
             return undo_quarantine(undo)
         if exact and approximate:
             raise ZooError("--exact and --approximate exclude each other")
+        self.zoo_runtime = runtime
         model = resolve_model(model, backbone, checkpoint)
         auto = None
         if threshold == "auto":
@@ -163,7 +169,7 @@ class ZooTrainer(L.Trainer):
 
             run_server(index or str(Path(out) / "index"), port=port, token=token, duplicates=out,
                        move_to=move_to or str(Path(out) / "quarantine"), keep_rules=rules, protect=protect or (),
-                       precision=str(self.precision), page="#review", calibration=calibration)
+                       precision=str(self.precision), page="#review", calibration=calibration, runtime=runtime)
 
     @command(*MODEL_OPTIONS, "calibration", "overwrite", *LOADER_OPTIONS)
     def calibrate(self, model: ZooModel, images: str, sample: int = 200, precision: float = 0.95, copies: int = 1,
@@ -271,12 +277,12 @@ class ZooTrainer(L.Trainer):
         export_model(resolve_model(model, backbone, checkpoint), format=format, out=out, overwrite=overwrite,
                      opset=opset)
 
-    @command("protect", "keep_rules", "calibration")
+    @command("protect", "keep_rules", "calibration", "runtime")
     def serve(self, model: ZooModel, index: str = "zoo.index", host: str = "127.0.0.1", port: int = 8000,
               token: Optional[str] = None, duplicates: Optional[str] = None, max_upload_mb: float = 20.0,
               threads: int = 1, allowed_hosts: Optional[list[str]] = None, max_pixels: int = 40_000_000,
               read_only: bool = False, move_to: Optional[str] = None, protect=None, keep_rules=None,
-              calibration="zoo-calibration.json") -> None:
+              calibration="zoo-calibration.json", runtime="auto") -> None:
         """Serve searches over HTTP: a JSON API (docs at /docs) and a web page; the index's model loads once.
 
         Args:
@@ -301,7 +307,7 @@ class ZooTrainer(L.Trainer):
                    precision=str(self.precision), read_only=read_only, move_to=move_to,
                    keep_rules=tuple(keep_rules or DEFAULT_RULES), protect=protect or (),
                    page="#review" if duplicates else "",  # precision: the index's own by default
-                   calibration=calibration)
+                   calibration=calibration, runtime=runtime)
 
     @command()
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False) -> None:

@@ -36,9 +36,10 @@ from zoo.data.datamodule import ZooDataModule
 from zoo.embed.progress import progress_on_stderr
 from zoo.embed.quiet import quiet_lightning
 from zoo.errors import ZooError
-from zoo.index.persist import current_precision
+from zoo.index.persist import current_precision, current_runtime
 from zoo.model.inference import inference_setting
 from zoo.model.module import ZooModel
+from zoo.model.runtime import check_runtime, keep_recorded
 from zoo.model.start_validation import StartValidation
 
 
@@ -109,6 +110,10 @@ class ZooCLI(LightningCLI):
             cfg.trainer.logger = False
             if cfg.trainer.precision is None:  # the user's --trainer.precision always wins
                 cfg.trainer.precision = default_precision(self.subcommand, cfg)
+            if "runtime" in cfg:  # zoo.model.runtime; index --update: the index's own unless asked
+                cfg.runtime = check_runtime(cfg.runtime)
+                if self.subcommand == "index" and cfg.get("update") and cfg.get("out"):
+                    cfg.runtime = keep_recorded(cfg.runtime, current_runtime(cfg.out))
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)

@@ -38,6 +38,7 @@ SHARED: dict[str, Option] = {
     "keep_rules": Option(Optional[list[str]], None, "which member of a group to keep, rule by rule (default: pixels "
                                                     "compression sharpness date: most pixels, least compressed, "
                                                     "sharpest, oldest EXIF date)."),
+    "runtime": Option(str, "auto", "torch, onnx or openvino (CPU, exact fp32), or auto."),
     "calibration": Option(str, "zoo-calibration.json", "the calibration file (`zoo calibrate` writes it, "
                                                        "`--threshold auto` reads it)."),
 }

@@ -26,6 +26,7 @@ from zoo.embed.progress import StderrProgressBar
 from zoo.errors import ZooError
 from zoo.model.inference import inference_setting
 from zoo.model.module import ZooModel
+from zoo.model.runtime import AUTO, check_runtime, runtime_of
 
 
 @dataclass
@@ -66,15 +67,20 @@ class EmbeddingWriter(BasePredictionWriter):
         return idx, vec[first]
 
 
-def default_trainer(progress: bool = True, precision: Optional[str] = None, recorded: Optional[str] = None) -> L.Trainer:
+def default_trainer(progress: bool = True, precision: Optional[str] = None, recorded: Optional[str] = None,
+                    runtime: str = AUTO) -> L.Trainer:
     """One device, at the precision zoo.model.inference decides for it (bf16 autocast on a GPU
     and, with ZOO_CPU_BF16=1, on a CPU that computes bf16 natively; zoo.cli does the same for the commands).
-    ``precision``: asked for; ``recorded``: an index's own, kept where the device computes it."""
-    return L.Trainer(
+    ``precision``: asked for; ``recorded``: an index's own, kept where the device computes it.
+    ``runtime``: of the forward (zoo.model.runtime; auto: a compiled fp32 forward on the CPU for
+    big runs)."""
+    trainer = L.Trainer(
         accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
         precision=inference_setting("auto", precision, recorded=recorded).precision,
         enable_model_summary=False, enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
     )
+    trainer.zoo_runtime = check_runtime(runtime)
+    return trainer
 
 
 def ignore_sigint(worker_id: int) -> None:
@@ -97,6 +103,7 @@ def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, 
     mode = resolve_decode(decode, device)
     if mode == "device" and not model.device_preprocess.can_decode:
         mode = "cpu"  # a non-square or non-centre crop: timm's transform on the CPU
+    model.runtime = runtime_of(trainer, len(records) if indices is None else len(indices))
     dataset = ImageDataset(records, pixel_transform(model), draft_size=draft_size(model), indices=indices,
                            jpeg_bytes=mode == "device")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
@@ -108,8 +115,10 @@ def make_loader(model: ZooModel, records: Sequence[Record], trainer: L.Trainer, 
 def describe_run(trainer: L.Trainer, model: ZooModel, n: int, mode: str, batch_size: int, num_workers: int) -> str:
     device = trainer.strategy.root_device
     devices = f"{trainer.world_size} x {device.type}" if trainer.world_size > 1 else str(device)
-    layout = ", channels_last" if model.uses_channels_last(device, trainer.precision) else ""
-    return (f"zoo: embedding {n} images on {devices}, precision {trainer.precision}{layout}, "
+    runtime = getattr(model, "runtime", None) or "torch"
+    layout = ", channels_last" if runtime == "torch" and model.uses_channels_last(device, trainer.precision) else ""
+    runs = f" with {runtime}" if runtime != "torch" else ""  # ONNX Runtime, OpenVINO: zoo.model.runtime
+    return (f"zoo: embedding {n} images on {devices}{runs}, precision {trainer.precision}{layout}, "
             f"decoding on the {'device' if mode == 'device' else 'CPU'}, batch {batch_size}, {num_workers} loader workers")
 
 

@@ -23,11 +23,12 @@ from zoo.embed.runner import default_trainer, embed, report_skipped
 from zoo.errors import ZooError
 from zoo.index import folder as indexdir
 from zoo.index.core import ZooIndex
-from zoo.index.persist import current_precision
+from zoo.index.persist import current_precision, current_runtime
 from zoo.index.shards import ShardJob, embed_to_shards, is_primary_process, job_key
 from zoo.index.store import common_root, file_state
 from zoo.model.identity import model_identity
 from zoo.model.module import ZooModel
+from zoo.model.runtime import AUTO, asked_runtime, keep_recorded, runtime_of
 
 
 def _records(images, exclude: Optional[Path]) -> tuple[list[Record], Optional[Path]]:
@@ -68,8 +69,10 @@ def build_index(
     (the others return None).
     """
     out_path = Path(os.path.abspath(out)) if out is not None else None
-    if trainer is None:  # an update: the index's own precision (a trainer says otherwise)
-        trainer = default_trainer(recorded=current_precision(out_path) if update and out_path else None)
+    if trainer is None:  # an update: the index's own precision and runtime (a trainer says otherwise)
+        on_index = update and out_path is not None
+        trainer = default_trainer(recorded=current_precision(out_path) if on_index else None,
+                                  runtime=keep_recorded(AUTO, current_runtime(out_path) if on_index else None))
     run = dict(trainer=trainer, batch_size=batch_size, num_workers=num_workers, decode=decode, shard_size=shard_size,
                channels_last=channels_last)
     primary = is_primary_process()
@@ -87,7 +90,7 @@ def build_index(
     records, root = _records(images, exclude=out_path)
     model = (model or ZooModel(**model_kwargs)).build()
     index = ZooIndex.create(model, factory, root=root or common_root([r.path for r in records]), expected=len(records),
-                            precision=str(trainer.precision))
+                            precision=str(trainer.precision), runtime=runtime_of(trainer, len(records)))
     if out_path is None:
         return _embed_into(index, model, records, trainer, batch_size, num_workers, decode, require=True)
     if not primary:
@@ -174,6 +177,9 @@ def _update(out: Path, images, model, **run) -> Optional[ZooIndex]:
     if primary and new and str(trainer.precision) != index.precision:
         print(f"zoo: note: {out} was built at precision {index.precision}; this update embeds at {trainer.precision} "
               f"(give --trainer.precision {index.precision} to match)", file=sys.stderr, flush=True)
+    if primary and new and asked_runtime(trainer) != index.runtime:
+        print(f"zoo: note: {out} was built with runtime {index.runtime}; this update asks for {asked_runtime(trainer)} "
+              f"(give --runtime {index.runtime} to match)", file=sys.stderr, flush=True)
     if not primary:
         _embed_shards(index, out, model, new, **run)
         return None

@@ -35,7 +35,8 @@ from zoo.index.factory import (
     set_search_params,
     train_index,
 )
-from zoo.index.meta import check_same_model, describe_model, keeps_own_weights, new_meta, recorded_precision
+from zoo.index.meta import (check_same_model, describe_model, keeps_own_weights, new_meta, recorded_precision,
+                            recorded_runtime)
 from zoo.index.persist import open_current, write_version
 from zoo.index.store import ItemStore, common_root, file_state, resolve_item_path
 from zoo.index.vectors import all_vectors, vectors_by_id
@@ -76,13 +77,13 @@ class ZooIndex:
     # ---- building -------------------------------------------------------------------------
     @classmethod
     def create(cls, model, factory: str = "Flat", root: Optional[Path] = None, expected: int = 0,
-               precision: str = FP32) -> "ZooIndex":
-        """An empty index of vectors made at ``precision``; ``factory`` "auto" chooses one for
+               precision: str = FP32, runtime: str = "torch") -> "ZooIndex":
+        """An empty index of vectors made at ``precision`` by ``runtime``; ``factory`` "auto" chooses one for
         ``expected`` vectors (auto_factory)."""
         if factory == "auto":
             factory = auto_factory(expected, model.embedding_dim)
         index = new_faiss_index(model.embedding_dim, factory)
-        meta = new_meta(model, factory, default_search_params(index), precision)
+        meta = new_meta(model, factory, default_search_params(index), precision, runtime)
         set_search_params(index, meta["search"])
         out = cls(index, meta, ItemStore(), Path(os.path.abspath(root)) if root else None)
         out._model = model
@@ -216,6 +217,11 @@ class ZooIndex:
     def precision(self) -> str:
         """The precision its vectors were made at (32-true for an index that records none)."""
         return recorded_precision(self.meta)
+
+    @property
+    def runtime(self) -> str:
+        """The runtime that made its vectors (torch for an index that records none)."""
+        return recorded_runtime(self.meta)
 
     def check_model(self, model) -> None:
         """Refuse to compare embeddings from another model than the one that built the index."""

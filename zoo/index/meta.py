@@ -1,8 +1,8 @@
 """meta.json of an index version, and the checks that the parts of a version agree.
 
 meta.json holds the root folder, the model's identity and recipe (zoo.model.identity), the
-precision its vectors were made at (zoo.model.inference; an index without one was made at
-32-true), the FAISS factory and search settings, counts and dimension. It is read as untrusted input: a
+precision and runtime its vectors were made at (zoo.model.inference, zoo.model.runtime; an index
+without them was made at 32-true in torch), the FAISS factory and search settings, counts and dimension. It is read as untrusted input: a
 damaged or edited file is a ZooError that says to rebuild, never another exception. Opening a
 version also checks that index.faiss, items.sqlite and meta.json describe the same items.
 """
@@ -24,6 +24,7 @@ from zoo.index.vectors import stored_ids
 from zoo.io import read_json
 from zoo.model.identity import model_identity
 from zoo.model.inference import FP32, PRECISIONS
+from zoo.model.runtime import RUNTIMES, TORCH
 from zoo.version import __version__
 
 META_KEYS = ("model", "factory", "root", "count", "dim")
@@ -33,9 +34,9 @@ MAX_SEARCH = 1 << 20
 METRIC = "inner_product on L2-normalised vectors (cosine similarity)"
 
 
-def new_meta(model, factory: str, search: dict[str, int], precision: str = FP32) -> dict:
-    """The metadata of a new index of ``model``'s embeddings made at ``precision`` (root and
-    counts come on saving)."""
+def new_meta(model, factory: str, search: dict[str, int], precision: str = FP32, runtime: str = TORCH) -> dict:
+    """The metadata of a new index of ``model``'s embeddings made at ``precision`` by ``runtime``
+    (root and counts come on saving)."""
     return {
         "zoo_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -43,6 +44,7 @@ def new_meta(model, factory: str, search: dict[str, int], precision: str = FP32)
         "metric": METRIC,
         "model": model_identity(model),
         "precision": precision,
+        "runtime": runtime,
         "search": search,
     }
 
@@ -51,6 +53,12 @@ def recorded_precision(meta: dict) -> str:
     """The precision the index's vectors were made at (a Lightning name); 32-true for an index
     that records none (made before zoo recorded it)."""
     return meta.get("precision", FP32)
+
+
+def recorded_runtime(meta: dict) -> str:
+    """The runtime that made the index's vectors (zoo.model.runtime); torch for an index that
+    records none."""
+    return meta.get("runtime", TORCH)
 
 
 def keeps_own_weights(weights_id: str) -> bool:
@@ -97,6 +105,8 @@ def check_meta(meta: Any, path: Path) -> None:
         raise damaged(f"root must be an absolute folder path, not {json.dumps(root)[:60]}")
     if "precision" in meta and meta["precision"] not in PRECISIONS:
         raise damaged(f"precision {json.dumps(meta['precision'])[:40]} is not one of {', '.join(PRECISIONS)}")
+    if "runtime" in meta and meta["runtime"] not in RUNTIMES[1:]:
+        raise damaged(f"runtime {json.dumps(meta['runtime'])[:40]} is not one of {', '.join(RUNTIMES[1:])}")
     search = meta.get("search", {})
     if not isinstance(search, dict):
         raise damaged("search settings must be a mapping")

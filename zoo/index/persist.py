@@ -22,7 +22,8 @@ import faiss
 
 from zoo.errors import ZooError
 from zoo.index import folder as indexdir
-from zoo.index.meta import check_parts_agree, keeps_own_weights, read_faiss, read_meta, recorded_precision
+from zoo.index.meta import (check_parts_agree, keeps_own_weights, read_faiss, read_meta, recorded_precision,
+                            recorded_runtime)
 from zoo.index.store import ItemStore
 
 PARTS = ("meta.json", "index.faiss", "items.sqlite")
@@ -91,5 +92,14 @@ def current_precision(path: str | Path) -> Optional[str]:
     try:
         path = Path(os.path.abspath(path))
         return recorded_precision(read_meta(indexdir.current_version(path), path))
+    except (ZooError, OSError):
+        return None
+
+
+def current_runtime(path: str | Path) -> Optional[str]:
+    """The runtime the current version of the index at ``path`` records (as current_precision)."""
+    try:
+        path = Path(os.path.abspath(path))
+        return recorded_runtime(read_meta(indexdir.current_version(path), path))
     except (ZooError, OSError):
         return None

@@ -16,30 +16,11 @@ import torch
 from zoo.backbones.timm_backbone import check_data_config
 from zoo.errors import ZooError
 from zoo.io import atomic_path, read_json, refuse_overwrite, write_json
+from zoo.model.graph import EmbeddingModel  # noqa: F401  (zoo.model.export.EmbeddingModel, as before)
 from zoo.model.identity import model_identity
 from zoo.version import __version__
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
-
-
-class EmbeddingModel(torch.nn.Module):
-    """images (B, 3, H, W), preprocessed -> embeddings (B, D), L2-normalised."""
-
-    def __init__(self, model):
-        super().__init__()
-        # the networks only, not the LightningModule (tracing must not touch its trainer)
-        self.backbone = model.backbone
-        self.head = model.head
-        self.feature_map = model.backbone is not None and getattr(model.head, "input", "pooled") == "map"
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.backbone is None:
-            x = images  # the head encodes
-        elif self.feature_map:
-            x = self.backbone.forward_features(images)  # (B, C, h, w)
-        else:
-            x = self.backbone(images)  # (B, dim)
-        return torch.nn.functional.normalize(self.head(x), dim=1)  # (B, D)
 
 
 def sidecar_path(out: str | Path) -> Path:

@@ -27,6 +27,7 @@ from zoo.data.transforms import draft_size, pixel_transform
 from zoo.heads.base import Head, create_head
 from zoo.model.inference import inference_setting
 from zoo.model.optim import configure as configure_training
+from zoo.model.runtime import COMPILED, asked_runtime, compiled_forward, forget_compiled
 from zoo.metrics.pairs import pair_summary
 from zoo.metrics.retrieval import RetrievalMetrics
 from zoo.registry import HEADS
@@ -262,9 +263,19 @@ class ZooModel(L.LightningModule):
         batch["image"], batch["index"] = torch.cat(images), torch.cat(index)
         return batch
 
+    runtime: Optional[str] = None  # of the next predict run: zoo.model.runtime (zoo.embed.runner sets it); None: torch
+
     def on_predict_start(self) -> None:
-        if self.uses_channels_last(self.device):
+        self.compiled = None
+        if self.runtime in COMPILED:  # the forward exported and compiled once (zoo.model.runtime)
+            trainer = self.trainer
+            self.compiled = compiled_forward(self, self.runtime, str(trainer.precision),
+                                             explicit=asked_runtime(trainer) == self.runtime)
+        if self.compiled is None and self.uses_channels_last(self.device):
             self.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        forget_compiled(self)  # the weights are about to change
 
     def uses_channels_last(self, device: torch.device, precision: Optional[str] = None) -> bool:
         """Channels-last layout for a forward on ``device`` at ``precision`` (default: the
@@ -276,9 +287,13 @@ class ZooModel(L.LightningModule):
         return inference_setting(device, precision).channels_last
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        if len(batch["index"]) and self.uses_channels_last(self.device):
+        compiled = getattr(self, "compiled", None)
+        if len(batch["index"]) and compiled is None and self.uses_channels_last(self.device):
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        emb = self(batch["image"]) if len(batch["index"]) else torch.empty(0, self.embedding_dim)
+        if not len(batch["index"]):
+            emb = torch.empty(0, self.embedding_dim)
+        else:
+            emb = compiled(batch["image"]) if compiled is not None else self(batch["image"])
         if self.hparams.float16_embeddings:
             emb = emb.half()
         return {"index": batch["index"], "embedding": emb, "skipped": batch.get("skipped", [])}

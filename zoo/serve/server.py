@@ -73,13 +73,15 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
                duplicates: Optional[str] = None, max_upload_mb: float = 20.0, threads: int = 1,
                allowed_hosts: Sequence[str] = (), max_pixels: int = MAX_PIXELS, precision: Optional[str] = None,
                read_only: bool = False, move_to: Optional[str] = None, keep_rules: Sequence[str] = DEFAULT_RULES,
-               protect: Sequence[str] = (), page: str = "", calibration: Optional[str] = None) -> None:
+               protect: Sequence[str] = (), page: str = "", calibration: Optional[str] = None,
+               runtime: str = "auto") -> None:
     """Load the index and its model once, then answer HTTP requests until interrupted.
     ``precision``: of the forward passes (default: the index's own where this CPU computes it);
     ``read_only``: refuse every write; ``move_to``, ``keep_rules``, ``protect``: the review page's
     quarantine folder, keep-best rules and protected folders; ``page``: the part of the page
     to point at (e.g. "#review"); ``calibration``: the calibration file of the upload check
-    (POST /api/check)."""
+    (POST /api/check); ``runtime``: what runs the forward passes (zoo.model.runtime; auto:
+    compiled fp32 where installed)."""
     token = token or os.environ.get("ZOO_TOKEN") or None
     check_rules(keep_rules)
     if max_upload_mb <= 0:
@@ -99,7 +101,7 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
         max_bytes = int(max_upload_mb * (1 << 20))
         service = SearchService(idx, index, duplicates=duplicates, max_upload_bytes=max_bytes, max_pixels=max_pixels,
                                 precision=precision, quarantine=move_to, keep_rules=keep_rules, protect=protect,
-                                calibration=calibration)
+                                calibration=calibration, runtime=runtime)
         write_token = token or secrets.token_urlsafe(18)  # writes need a token even on loopback
         if service.review is not None and not read_only and token is None:
             print(f"zoo: moving and undoing from the review page need this token (the page asks for it once; "
@@ -117,8 +119,8 @@ def run_server(index: str, host: str = "127.0.0.1", port: int = 8000, token: Opt
             print("zoo: warning: listening beyond this machine without a token; anyone who can reach "
                   "it can search (set ZOO_TOKEN or --token)", file=sys.stderr)
         print(f"zoo: serving {Path(index)} at http://{shown_host}:{shown_port}/{page} (API docs at /docs"
-              f"{', bearer token required' if token else ''}; queries on the CPU, precision {service.inference.precision}"
-              f"{', channels_last' if service.inference.channels_last else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
+              f"{', bearer token required' if token else ''}; queries on the CPU with {service.runtime}, precision "
+              f"{service.inference.precision}{', channels_last' if service.uses_channels_last else ''}); Ctrl-C stops", file=sys.stderr, flush=True)
         make_server(app).run(sockets=[sock])
     finally:
         sock.close()

@@ -28,6 +28,7 @@ from zoo.errors import ZooError
 from zoo.evaluate.check import load_check, verdict
 from zoo.index.core import ZooIndex
 from zoo.model.inference import inference_setting
+from zoo.model.runtime import check_runtime, choose_runtime, compiled_forward
 from zoo.serve.duplicates import load_duplicates
 from zoo.serve.review import Review
 
@@ -51,7 +52,8 @@ class SearchService:
     def __init__(self, index: ZooIndex, index_path: str | Path, duplicates: Optional[str | Path] = None,
                  max_upload_bytes: int = 20 << 20, max_pixels: int = MAX_PIXELS, precision: Optional[str] = None,
                  quarantine: Optional[str | Path] = None, keep_rules: Sequence[str] = DEFAULT_RULES,
-                 protect: Sequence[str | Path] = (), calibration: Optional[str | Path] = None):
+                 protect: Sequence[str | Path] = (), calibration: Optional[str | Path] = None,
+                 runtime: str = "torch"):
         self.idx = index
         self.index_path = str(Path(index_path).resolve())
         if len(index) == 0:
@@ -61,7 +63,13 @@ class SearchService:
         self.model = index.model().eval()  # the index's own model (checked against its identity)
         # its precision (zoo.model.inference): as asked, else the index's own where this CPU computes it
         self.inference = inference_setting("cpu", precision, recorded=None if precision else index.precision)
-        if self.inference.channels_last:
+        # what runs it (zoo.model.runtime; zoo serve asks for auto: a compiled fp32 forward where installed)
+        self.runtime = choose_runtime(runtime, "cpu", self.inference.precision)
+        self.compiled = compiled_forward(self.model, self.runtime, self.inference.precision,
+                                         explicit=check_runtime(runtime) == self.runtime)
+        self.runtime = self.runtime if self.compiled is not None else "torch"
+        self.uses_channels_last = self.compiled is None and self.inference.channels_last
+        if self.uses_channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.transform = eval_transform(self.model)
         self.draft = draft_size(self.model)
@@ -147,10 +155,10 @@ class SearchService:
     def forward(self, x: torch.Tensor) -> np.ndarray:
         """The model's input (1, 3, H, W) -> its embedding (D,), one request at a time, at the
         precision and layout of ``self.inference`` (bf16 autocast on a CPU that computes it natively)."""
-        if self.inference.channels_last:
+        if self.uses_channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.lock, torch.inference_mode(), self.inference.autocast():
-            v = self.model(x)  # (1, D)
+            v = self.compiled(x) if self.compiled is not None else self.model(x)  # (1, D)
         return v[0].float().numpy()
 
     def vector(self, i: int) -> np.ndarray:
