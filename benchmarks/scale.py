@@ -101,6 +101,8 @@ def main() -> None:
                         "query a zoo index of them (benchmarks/scale_disk.py)")
     p.add_argument("--factory", default="auto", help="with --disk: the index's factory")
     p.add_argument("--no-index", action="store_true", help="with --disk: pair search only")
+    p.add_argument("--no-pairs", action="store_true", help="with --disk: the index only")
+    p.add_argument("--keep", action="store_true", help="with --disk: keep the data (and use data kept earlier)")
     args = p.parse_args()
     if args.disk:
         from pathlib import Path
@@ -108,7 +110,7 @@ def main() -> None:
         from scale_disk import run as run_disk
 
         run_disk(args.sizes, args.dim, args.threshold, Path(args.disk), args.seed, args.nprobe[0], args.pca_dim,
-                 args.factory, args.no_index)
+                 args.factory, args.no_index, args.keep, args.no_pairs)
         return
 
     print(f"near-duplicate search, synthetic {args.dim}-d embeddings, threshold {args.threshold}, "

@@ -157,17 +157,23 @@ def index_row(vf: VectorFile, work: Path, factory: str = "auto", n_queries: int 
 
 
 def run(sizes, dim: int, threshold: float, folder: Path, seed: int = 0, nprobe=None, pca_dim: int = -1,
-        factory: str = "auto", skip_index: bool = False, keep: bool = False) -> None:
+        factory: str = "auto", skip_index: bool = False, keep: bool = False, skip_pairs: bool = False) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for n in sizes:
-        path = folder / f"synthetic-{n}x{dim}.npy"
+        path = folder / f"synthetic-{n}x{dim}-{seed}.npy"
         t = time.perf_counter()
-        vf, planted = synthetic_file(path, n, dim, seed)
-        print(f"data: {n:,} x {dim} float16 on disk ({vf.nbytes / 2**30:.1f} GiB) written in "
+        if keep and path.exists() and path.with_suffix(".planted.npy").exists():  # kept from an earlier run
+            vf, planted = VectorFile.open(path), np.load(path.with_suffix(".planted.npy"))
+        else:
+            vf, planted = synthetic_file(path, n, dim, seed)
+            np.save(path.with_suffix(".planted.npy"), planted)
+        print(f"data: {n:,} x {dim} float16 on disk ({vf.nbytes / 2**30:.1f} GiB) ready in "
               f"{time.perf_counter() - t:.0f} s", flush=True)
-        print("pairs:", pair_row(vf, planted, threshold, nprobe, pca_dim), flush=True)
+        if not skip_pairs:
+            print("pairs:", pair_row(vf, planted, threshold, nprobe, pca_dim), flush=True)
         if not skip_index:
             print("index:", index_row(vf, folder, factory), flush=True)
         if not keep:
             shutil.rmtree(folder / "index", ignore_errors=True)
             path.unlink()
+            path.with_suffix(".planted.npy").unlink()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from zoo.data.images import Record
-from zoo.dedup.pairsearch import exact_search, find_pairs, ivf_search
+from zoo.dedup.pairsearch import exact_search, find_pairs, ivf_search, unit_rows
 from zoo.errors import ZooError
 from zoo.index.core import ZooIndex, load_index
 from zoo.index.factory import auto_factory
@@ -94,7 +94,7 @@ def test_vector_file_that_is_a_folder_or_missing(tmp_path):
 def test_compact_code_search_from_a_file_finds_the_planted_pairs(tmp_path):
     x = clustered(4000, 64, copies=40)
     vf = write_vectors(tmp_path / "v.npy", chunks(x), len(x), 64)
-    exact = exact_search(vf[0:len(x)], 0.95)  # the float16 vectors, all pairs
+    exact = exact_search(unit_rows(vf[0:len(x)]), 0.95)  # the float16 vectors, all pairs
     planted = {(i, 4000 - 40 + i) for i in range(40)}
     assert planted <= set(map(tuple, exact.pairs.tolist()))
     found = ivf_search(vf, 0.95, nlist=40, nprobe=40, pca_dim=16)  # every list probed: nothing may be missed
@@ -220,3 +220,23 @@ def test_damaged_rerank_parts_are_one_line_errors(tmp_path):
     (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ZooError, match="rerank must be a mapping"):
         load_index(out)
+
+
+def test_duplicates_of_a_rerank_index_search_its_vector_file(tmp_path, monkeypatch):
+    from zoo.dedup import duplicates, pairsearch
+    from zoo.index.vecfile import VectorFile as VF
+
+    x = clustered(2000, 32, copies=10)
+    index = ZooIndex.create(StubModel(32), "PCA8,IVF8,SQ8", root=Path("/data"))
+    index.add(x.copy(), records(2000))
+    index.save(tmp_path / "idx")
+    ids, vf = load_index(tmp_path / "idx").vector_file()
+    assert isinstance(vf, VF) and ids.tolist() == list(range(2000))
+    handed = []
+    real = pairsearch.find_pairs
+    monkeypatch.setattr(duplicates, "find_pairs", lambda v, *a, **k: handed.append(type(v)) or real(v, *a, **k))
+    result = duplicates.run_duplicates(None, index=str(tmp_path / "idx"), threshold=0.95, out=tmp_path / "dups")
+    assert handed == [VF]  # the vectors were not read back through FAISS
+    pairs = {tuple(sorted(g["paths"])) for g in result["near_groups"]}
+    assert {(f"/data/{i:05d}.jpg", f"/data/{1990 + i:05d}.jpg") for i in range(10)} <= pairs
+    assert result["search"]["similarities"] == "exact"

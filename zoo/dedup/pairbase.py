@@ -13,6 +13,8 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from zoo.index.vecfile import VectorFile
+
 TOL = 1e-6  # float32 rounding: a pair at exactly the threshold counts
 
 
@@ -35,11 +37,16 @@ class PairSearch:
 
 def _dot_pairs(x: np.ndarray, a: np.ndarray, b: np.ndarray, pool: Optional[ThreadPoolExecutor] = None,
                chunk: int = 8192) -> np.ndarray:
-    """Cosine similarity of rows a[i] and b[i] of the unit rows ``x``: (P,) float32."""
+    """Cosine similarity of rows a[i] and b[i] of the unit rows ``x`` (an array, or a VectorFile
+    read a chunk of rows at a time, rows scaled to unit length again): (P,) float32."""
     out = np.empty(len(a), np.float32)
 
     def part(s: int) -> None:
-        out[s:s + chunk] = np.einsum("ij,ij->i", x[a[s:s + chunk]], x[b[s:s + chunk]])
+        u, v = x[a[s:s + chunk]], x[b[s:s + chunk]]
+        if isinstance(x, VectorFile):  # float16 rows: unit length again after rounding
+            faiss.normalize_L2(u)
+            faiss.normalize_L2(v)
+        out[s:s + chunk] = np.einsum("ij,ij->i", u, v)
 
     list((pool.map if pool is not None else map)(part, range(0, len(a), chunk)))
     return out

@@ -231,6 +231,14 @@ class ZooIndex:
         from lossy codes (SQ/PQ). Flat storage is a view on the index's memory, not a copy."""
         return all_vectors(self.index, self.dim)
 
+    def vector_file(self) -> Optional[tuple[np.ndarray, VectorFile]]:
+        """Ids (N,) and the float16 vector file holding every stored vector in that order, for
+        an index re-ranked from disk with no unsaved changes; None otherwise (use ``vectors``)."""
+        r = self.rerank
+        if r is None or r.base is None or r.parts or len(r.removed) or len(r.base_ids) != len(self):
+            return None
+        return r.base_ids, r.base
+
     def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
         """The stored vectors of items ``ids`` (M, D) float32, in that order."""
         return vectors_by_id(self.index, ids, self.dim)
