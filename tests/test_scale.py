@@ -240,3 +240,16 @@ def test_duplicates_of_a_rerank_index_search_its_vector_file(tmp_path, monkeypat
     pairs = {tuple(sorted(g["paths"])) for g in result["near_groups"]}
     assert {(f"/data/{i:05d}.jpg", f"/data/{1990 + i:05d}.jpg") for i in range(10)} <= pairs
     assert result["search"]["similarities"] == "exact"
+
+
+def test_truncated_rerank_vectors_are_one_line_at_the_command(tmp_path, zoo_cli):
+    x = clustered(600, 16)
+    index = ZooIndex.create(StubModel(16), "PCA8,IVF4,SQ8", root=Path("/data"))
+    index.add(x, records(600))
+    index.save(tmp_path / "idx")
+    rerank = index.folder / "rerank.npy"
+    rerank.write_bytes(rerank.read_bytes()[:1000])
+    code, out, err = zoo_cli("duplicates", "--index", tmp_path / "idx", "--out", tmp_path / "dups")
+    lines = [line for line in err.splitlines() if line.startswith("zoo: error:")]
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert len(lines) == 1 and "rerank.npy: not a usable re-ranking vector file" in lines[0] and "truncated" in lines[0]
