@@ -104,6 +104,8 @@ def test_compact_code_search_from_a_file_finds_the_planted_pairs(tmp_path):
     paired = np.unique(found.pairs)
     assert np.allclose(found.nearest[paired], exact.nearest[paired], rtol=0, atol=1e-6)
     assert (found.nearest[np.setdiff1d(np.arange(4000), paired)] < 0.95).all()
+    blocked = ivf_search(vf, 0.95, nlist=40, nprobe=40, pca_dim=16, block_entries=5000)  # lists in small blocks
+    assert blocked.pairs.tolist() == found.pairs.tolist() and np.array_equal(blocked.nearest, found.nearest)
     calibrated = find_pairs(vf, 0.95, method="ivf", pca_dim=16)  # a small file: read in, float32 codes
     assert planted <= set(map(tuple, calibrated.pairs.tolist()))
 

@@ -138,13 +138,14 @@ def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: in
 def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nlist: Optional[int] = None,
                pca_dim: Optional[int] = -1, train_size: Optional[int] = None, target_recall: float = TARGET_RECALL,
                max_probe: int = 64, seed: int = 0, chunk: int = 16384, threads: Optional[int] = None,
-               codes: Optional[str] = None) -> PairSearch:
+               codes: Optional[str] = None, block_entries: int = 1 << 24) -> PairSearch:
     """Pairs at or above ``threshold`` through an inverted file; see the module docstring.
 
     ``x``: (N, d) unit rows, an array or a VectorFile. ``pca_dim`` -1: the default for d (128
     above 128, else none); None: no PCA. ``nprobe`` None: the smallest value whose calibrated
     recall reaches ``target_recall``. ``codes``: float32 or float16 (default: float16 for a
-    VectorFile, float32 for an array)."""
+    VectorFile, float32 for an array). ``block_entries``: the largest distance block of one list
+    (probing vectors x members), 64 MB of float32 by default."""
     t0 = time.perf_counter()
     n, d = x.shape
     on_disk = isinstance(x, VectorFile)
@@ -214,17 +215,24 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
             cols = members[li]
             if len(cols) == 0:
                 return None
-            qs = by_list[pstarts[li]:pstarts[li + 1]] // nprobe  # (Q,) vectors probing li
+            probing = by_list[pstarts[li]:pstarts[li + 1]] // nprobe  # (Q,) vectors probing li
             c = code_rows(cols)  # rows [-y_j, 1, |y_j|^2 / 2], so that one product gives the distances
             c[:, :dim] *= -1
             c[:, dim:] = c[:, [dim + 1, dim]]
-            h = code_rows(qs) @ c.T  # (Q, |cols|) |y_i - y_j|^2 / 2
-            mine = np.nonzero(lists[qs] == li)[0]
-            h[mine, position[qs[mine]]] = np.inf  # self
-            rows, cs = np.nonzero(h <= bound)
-            a, b = qs[rows], cols[cs]
-            arg = h.argmin(1)
-            return np.minimum(a, b), np.maximum(a, b), [(qs, cols[arg], h[np.arange(len(qs)), arg])]
+            found_a, found_b, near = [], [], []
+            step = max(1, block_entries // len(cols))  # a big list's product in blocks: O(block) memory
+            for s in range(0, len(probing), step):
+                qs = probing[s:s + step]
+                h = code_rows(qs) @ c.T  # (Q, |cols|) |y_i - y_j|^2 / 2
+                mine = np.nonzero(lists[qs] == li)[0]
+                h[mine, position[qs[mine]]] = np.inf  # self
+                rows, cs = np.nonzero(h <= bound)
+                a, b = qs[rows], cols[cs]
+                arg = h.argmin(1)
+                found_a.append(np.minimum(a, b))
+                found_b.append(np.maximum(a, b))
+                near.append((qs, cols[arg], h[np.arange(len(qs)), arg]))
+            return np.concatenate(found_a), np.concatenate(found_b), near
 
         cand_a, cand_b = [], []
         best, best_id = np.full(n, np.inf, np.float32), np.full(n, -1, np.int64)
