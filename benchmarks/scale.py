@@ -3,6 +3,8 @@
     python benchmarks/scale.py                      # N = 10k and 100k (exact too)
     python benchmarks/scale.py --sizes 1000000 --no-exact     # ~2 min, ~8 GB
     python benchmarks/scale.py --sizes 100000 --nprobe 4 6 8 12   # recall vs nprobe
+    python benchmarks/scale.py --sizes 10000000 --disk /work/scratch-scale   # vectors on disk
+                                                    # (float16 file), pair search + a zoo index
 
 Data (seeded, ``synthetic``): N unit vectors of ``--dim`` in ``N/1000`` clusters. Each
 coordinate k has standard deviation (k+1)^-1/2, a decaying spectrum like real CNN embeddings
@@ -94,7 +96,22 @@ def main() -> None:
     p.add_argument("--no-exact", action="store_true", help="skip the exact search (it is N^2)")
     p.add_argument("--exact-max", type=int, default=100_000, help="largest N searched exactly for reference")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--disk", type=str, default=None,
+                   help="write the vectors to a float16 file in this folder and search from it; also build, open and "
+                        "query a zoo index of them (benchmarks/scale_disk.py)")
+    p.add_argument("--factory", default="auto", help="with --disk: the index's factory")
+    p.add_argument("--no-index", action="store_true", help="with --disk: pair search only")
+    p.add_argument("--no-pairs", action="store_true", help="with --disk: the index only")
+    p.add_argument("--keep", action="store_true", help="with --disk: keep the data (and use data kept earlier)")
     args = p.parse_args()
+    if args.disk:
+        from pathlib import Path
+
+        from scale_disk import run as run_disk
+
+        run_disk(args.sizes, args.dim, args.threshold, Path(args.disk), args.seed, args.nprobe[0], args.pca_dim,
+                 args.factory, args.no_index, args.keep, args.no_pairs)
+        return
 
     print(f"near-duplicate search, synthetic {args.dim}-d embeddings, threshold {args.threshold}, "
           f"{os.cpu_count()} CPUs (shared with other work)")

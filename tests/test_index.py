@@ -126,7 +126,7 @@ def test_auto_factory_by_size_and_memory():
     assert auto_factory(49_999, 2048, 24 * gb) == "Flat"
     assert auto_factory(1_000_000, 1280, 24 * gb) == "IVF4096,Flat"  # 5.1 GB of floats fit in a quarter of 24 GB
     assert auto_factory(1_000_000, 1280, 8 * gb) == "IVF4096,SQ8"
-    assert auto_factory(10_000_000, 1280, 24 * gb) == "IVF16384,PQ128"
+    assert auto_factory(10_000_000, 1280, 24 * gb) == "PCA256,IVF4096,SQ8"  # issue 23: PCA codes, re-ranked from disk
 
 
 def test_ivf_knobs_persist_and_remove_by_id(tmp_path):

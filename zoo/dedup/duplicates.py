@@ -143,7 +143,8 @@ def run_duplicates(model, images=None, index=None, threshold=0.95, out="duplicat
     if index is not None:
         idx = load_index(index)
         root = idx.root
-        ids, vectors, lossy = idx.vectors()
+        on_disk = idx.vector_file() if background is None else None  # searched from the file, not read in
+        ids, vectors, lossy = (*on_disk, False) if on_disk else idx.vectors()
         paths = idx.paths_of(ids)
         model_desc = idx.describe()
     else:

@@ -25,6 +25,7 @@ from zoo.data.images import Record, records_from
 from zoo.embed.runner import default_trainer, embed, require_some
 from zoo.errors import ZooError
 from zoo.index import folder as indexdir
+from zoo.index.calibrate import calibrate_nprobe
 from zoo.index.factory import (
     auto_factory,
     check_search_knobs,
@@ -38,7 +39,9 @@ from zoo.index.factory import (
 from zoo.index.meta import (check_same_model, describe_model, keeps_own_weights, new_meta, recorded_precision,
                             recorded_runtime)
 from zoo.index.persist import open_current, write_version
+from zoo.index.rerank import K_FACTOR, RerankVectors, needs_rerank
 from zoo.index.store import ItemStore, common_root, file_state, resolve_item_path
+from zoo.index.vecfile import VectorFile
 from zoo.index.vectors import all_vectors, vectors_by_id
 from zoo.model.inference import FP32
 from zoo.model.restore import restore_model
@@ -73,6 +76,7 @@ class ZooIndex:
         self.folder = folder  # the version folder this was loaded from
         self._model = None
         self._next_id = store.max_id() + 1
+        self.rerank: Optional[RerankVectors] = None  # full vectors on disk for lossy codes (zoo.index.rerank)
 
     # ---- building -------------------------------------------------------------------------
     @classmethod
@@ -82,11 +86,15 @@ class ZooIndex:
         ``expected`` vectors (auto_factory)."""
         if factory == "auto":
             factory = auto_factory(expected, model.embedding_dim)
-        index = new_faiss_index(model.embedding_dim, factory)
+        rerank = needs_rerank(factory)
+        index = new_faiss_index(model.embedding_dim, factory, faiss.METRIC_L2 if rerank else faiss.METRIC_INNER_PRODUCT)
         meta = new_meta(model, factory, default_search_params(index), precision, runtime)
         set_search_params(index, meta["search"])
         out = cls(index, meta, ItemStore(), Path(os.path.abspath(root)) if root else None)
         out._model = model
+        if rerank:
+            meta["rerank"] = {"k_factor": K_FACTOR}
+            out.rerank = RerankVectors(model.embedding_dim)
         return out
 
     def relative(self, path: str) -> str:
@@ -101,7 +109,7 @@ class ZooIndex:
             return np.zeros(0, np.int64)
         if vectors.shape[1] != self.dim:
             raise ZooError(f"embeddings of dim {vectors.shape[1]} cannot go into an index of dim {self.dim}")
-        x = normalised(vectors)
+        x = normalised(vectors, copy=False)  # a float32 array is scaled in place: no second copy of a big add
         if self.root is None:  # the first items decide where the index's root is
             self.root = common_root([r.path for r in records])
         if not self.index.is_trained:
@@ -109,12 +117,44 @@ class ZooIndex:
         ids = np.arange(self._next_id, self._next_id + len(x), dtype=np.int64)
         self.index.add_with_ids(x, ids)
         self._next_id += len(x)
+        if self.rerank is not None:
+            self.rerank.add(ids, x)
+        self._add_rows(ids, records)
+        return ids
+
+    def add_file(self, vf: VectorFile, records: Sequence[Record], chunk: int = 65536) -> np.ndarray:
+        """Add the vectors of a vector file (zoo.index.vecfile) for ``records`` (a sequence of
+        len(vf), read a chunk at a time), streamed: trained on a sample, added ``chunk`` rows at a
+        time, never the whole matrix in memory; a re-ranking index keeps the file's rows (linked
+        into the saved version where it can be). Returns the new ids."""
+        if len(records) != len(vf):
+            raise ZooError(f"{vf.path} holds {len(vf)} vectors for {len(records)} records")
+        if vf.dim != self.dim:
+            raise ZooError(f"embeddings of dim {vf.dim} cannot go into an index of dim {self.dim}")
+        if len(vf) == 0:
+            return np.zeros(0, np.int64)
+        if self.root is None:
+            self.root = common_root([r.path for r in records[:1000]])
+        if not self.index.is_trained:
+            self.train(vf.take, len(vf))
+        first = self._next_id
+        for s, part in vf.chunks(chunk):
+            part = normalised(part)
+            ids = np.arange(first + s, first + s + len(part), dtype=np.int64)
+            self.index.add_with_ids(part, ids)
+            self._add_rows(ids, records[s:s + len(part)])
+        ids = np.arange(first, first + len(vf), dtype=np.int64)
+        self._next_id += len(vf)
+        if self.rerank is not None:
+            self.rerank.add_file(ids, vf)
+        return ids
+
+    def _add_rows(self, ids: np.ndarray, records: Sequence[Record]) -> None:
         rows = []
         for i, r in zip(ids.tolist(), records):
             size, mtime = file_state(r.path) if r.frame is None else (None, None)
             rows.append((i, self.relative(r.path), r.label, r.frame, r.time, size, mtime))
         self.store.add(rows)
-        return ids
 
     def train(self, take: Callable[[np.ndarray], np.ndarray], n: int) -> None:
         """Train the FAISS index on a sample of the ``n`` vectors to be added (train_index)."""
@@ -135,6 +175,8 @@ class ZooIndex:
         sel = np.asarray(ids, dtype=np.int64)
         self.index = remove_ids(self.index, sel, self.meta.get("search", {}))
         self.store.remove(sel.tolist())
+        if self.rerank is not None:
+            self.rerank.remove(sel)
 
     # ---- identity -----------------------------------------------------------------------
     @property
@@ -189,6 +231,14 @@ class ZooIndex:
         """Every stored vector: ids (N,), vectors (N, D) float32, and whether they are decoded
         from lossy codes (SQ/PQ). Flat storage is a view on the index's memory, not a copy."""
         return all_vectors(self.index, self.dim)
+
+    def vector_file(self) -> Optional[tuple[np.ndarray, VectorFile]]:
+        """Ids (N,) and the float16 vector file holding every stored vector in that order, for
+        an index re-ranked from disk with no unsaved changes; None otherwise (use ``vectors``)."""
+        r = self.rerank
+        if r is None or r.base is None or r.parts or len(r.removed) or len(r.base_ids) != len(self):
+            return None
+        return r.base_ids, r.base
 
     def vectors_of(self, ids: Sequence[int]) -> np.ndarray:
         """The stored vectors of items ``ids`` (M, D) float32, in that order."""
@@ -257,7 +307,35 @@ class ZooIndex:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ZooError(f"query embeddings have dim {queries.shape[-1]}, the index has dim {self.dim} ({self.describe()})")
         k = min(k, len(self)) or 1
-        return self.index.search(normalised(queries), k)
+        q = normalised(queries)
+        if self.rerank is None:
+            return self.index.search(q, k)
+        _, cand = self.index.search(q, min(len(self), k * int(self.meta["rerank"]["k_factor"])))
+        return self.rerank.rerank(q, cand, k)
+
+    def calibrate(self, target: float = 0.95, queries: int = 200, seed: int = 0) -> Optional[dict]:
+        """Set an inverted file's default nprobe to the smallest reaching ``target`` recall@10
+        on ``queries`` sampled stored vectors (zoo.index.calibrate); recorded in meta.json."""
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is None or len(self) == 0:
+            return None
+        ids = np.sort(self.store.ids())
+        pick = ids[np.sort(np.random.default_rng(seed).choice(len(ids), min(queries, len(ids)), replace=False))]
+        q = self.rerank.vectors_of(pick) if self.rerank is not None else vectors_by_id(self.index, pick, self.dim)
+        before = int(ivf.nprobe)
+
+        def search(qs: np.ndarray, k: int, nprobe: int) -> np.ndarray:
+            ivf.nprobe = nprobe
+            return self.search_vectors(qs, k)[1]
+
+        try:
+            found = calibrate_nprobe(search, q, ivf.nlist, target)
+        finally:
+            ivf.nprobe = before
+        self.meta["search"] = {**self.meta.get("search", {}), "nprobe": found["nprobe"]}
+        self.meta["calibration"] = found
+        set_search_params(self.index, self.meta["search"])
+        return found
 
     def hits(self, sims: np.ndarray, ids: np.ndarray) -> list[Hit]:
         rows = self.store.get([int(i) for i in ids if i >= 0])
@@ -300,8 +378,13 @@ class ZooIndex:
             indexdir.check_target(path, overwrite, update=False)
             with indexdir.locked(path):
                 return self.save(path, overwrite, _locked=True)
+        if self.rerank is not None and "calibration" not in self.meta:
+            self.calibrate()
         meta = {**self.meta, "root": str(self.root), "count": len(self), "dim": self.dim}
-        self.folder = write_version(path, self.index, self.store, meta, self._model, previous=self.folder)
+        self.folder = write_version(path, self.index, self.store, meta, self._model, previous=self.folder,
+                                    extra=self.rerank.save if self.rerank is not None else None)
+        if self.rerank is not None:
+            self.rerank = RerankVectors.open(self.folder, self.dim, path)
         return path
 
     @classmethod
@@ -311,12 +394,16 @@ class ZooIndex:
         path = Path(os.path.abspath(path))
         index, meta, store, folder = open_current(path, mmap)
         set_search_params(index, meta.get("search", {}))
-        return cls(index, meta, store, Path(meta["root"]), folder)
+        out = cls(index, meta, store, Path(meta["root"]), folder)
+        if "rerank" in meta:
+            out.rerank = RerankVectors.open(folder, out.dim, path)
+        return out
 
     def writable_copy(self) -> "ZooIndex":
         """This index with an in-memory item table, for an update."""
         out = ZooIndex(self.index, self.meta, self.store.copy(), self.root, self.folder)
         out._model = self._model
+        out.rerank = self.rerank
         return out
 
 

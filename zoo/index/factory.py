@@ -22,17 +22,23 @@ def faiss_reason(e: Exception) -> str:
     return re.sub(r"^Error in .*? at \S+:\d+: ", "", msg)
 
 
-def normalised(vectors: np.ndarray) -> np.ndarray:
-    """``vectors`` as a contiguous float32 copy of unit length (rows)."""
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
+def normalised(vectors: np.ndarray, copy: bool = True) -> np.ndarray:
+    """``vectors`` as contiguous float32 rows of unit length: a copy, or (``copy`` False) the
+    array itself, scaled in place, when it already is contiguous float32 (saves memory on a big add)."""
+    x = np.array(vectors, dtype=np.float32, order="C", copy=True) if copy else np.ascontiguousarray(vectors, dtype=np.float32)
     faiss.normalize_L2(x)
     return x
 
 
 def auto_factory(n: int, dim: int, memory_bytes: Optional[int] = None) -> str:
-    """An index_factory string for ``n`` vectors of ``dim``: exact below 50k vectors; an inverted
-    file above, with 8-bit scalar codes when float vectors would take over a quarter of the
-    memory, and product-quantised codes when even those would not fit."""
+    """An index_factory string for ``n`` vectors of ``dim`` and ``memory_bytes`` of memory (the
+    machine's, from psutil, if not given), as autofaiss chooses: exact below 50k vectors; an
+    inverted file above, with float vectors while they take at most a quarter of the memory,
+    8-bit scalar codes while those do; beyond that a PCA to ``dim / 5`` (at most 256) dims in
+    front of the inverted file, with 8-bit codes of those dims, or product-quantised ones when
+    even those would not fit, and about sqrt(N) lists (k-means and the assignment of every vector
+    stay affordable on a few cores). The PCA and PQ codes are ranked again from the full vectors
+    kept on disk (zoo.index.rerank)."""
     if n < 50_000:
         return "Flat"
     if memory_bytes is None:
@@ -44,22 +50,29 @@ def auto_factory(n: int, dim: int, memory_bytes: Optional[int] = None) -> str:
         return f"IVF{nlist},Flat"
     if n * dim <= memory_bytes // 4:
         return f"IVF{nlist},SQ8"
-    m = max(m for m in (8, 16, 32, 48, 64, 96, 128) if dim % m == 0 and m <= dim // 8) if dim >= 64 else dim
-    return f"IVF{nlist},PQ{m}"
+    small = int(min(65536, 2 ** round(np.log2(np.sqrt(n)))))
+    pca = max(16, min(256, dim // 5) // 16 * 16) if dim >= 80 else dim
+    front = f"PCA{pca}," if pca < dim else ""
+    if n * pca <= memory_bytes // 4:
+        return f"{front}IVF{small},SQ8"
+    m = max(m for m in (8, 16, 32, 48, 64) if pca % m == 0 and m <= max(8, pca // 4)) if pca >= 32 else pca
+    return f"{front}IVF{small},PQ{m}"
 
 
-def new_faiss_index(dim: int, factory: str) -> faiss.Index:
+def new_faiss_index(dim: int, factory: str, metric: int = faiss.METRIC_INNER_PRODUCT) -> faiss.Index:
     """An empty index whose search returns item ids: an inverted file keeps ids itself (and
-    removes and reconstructs by id through a hash-table direct map); anything else is wrapped
-    in an IndexIDMap2."""
+    removes and reconstructs by id through a hash-table direct map, unless its vectors are
+    re-ranked from a file: zoo.index.rerank); anything else is wrapped in an IndexIDMap2.
+    ``metric``: L2 in front of a re-ranking (a centred PCA keeps distances, not inner products)."""
     try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, metric)
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is None:
-            return faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+            return faiss.index_factory(dim, f"IDMap2,{factory}", metric)
     except RuntimeError as e:
         raise ZooError(f"bad FAISS index factory string '{factory}': {faiss_reason(e)}") from None
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    if metric == faiss.METRIC_INNER_PRODUCT:  # a 10M-entry hash table would take seconds to open
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
     return index
 
 

@@ -107,6 +107,10 @@ def check_meta(meta: Any, path: Path) -> None:
         raise damaged(f"precision {json.dumps(meta['precision'])[:40]} is not one of {', '.join(PRECISIONS)}")
     if "runtime" in meta and meta["runtime"] not in RUNTIMES[1:]:
         raise damaged(f"runtime {json.dumps(meta['runtime'])[:40]} is not one of {', '.join(RUNTIMES[1:])}")
+    rerank = meta.get("rerank", {"k_factor": 1})
+    if (not isinstance(rerank, dict) or isinstance(rerank.get("k_factor"), bool) or not isinstance(rerank.get("k_factor"), int)
+            or not 1 <= rerank["k_factor"] <= 1024):
+        raise damaged("rerank must be a mapping with an integer k_factor from 1 to 1024")
     search = meta.get("search", {})
     if not isinstance(search, dict):
         raise damaged("search settings must be a mapping")
@@ -134,5 +138,20 @@ def check_parts_agree(index: faiss.Index, store: ItemStore, meta: dict, path: Pa
     if index.ntotal != len(store) or index.d != meta["model"]["dim"]:
         raise ZooError(f"{path} is inconsistent: index.faiss holds {index.ntotal} vectors of dim {index.d}, items.sqlite "
                        f"{len(store)} items, meta.json says dim {json.dumps(meta['model']['dim'])[:20]}; rebuild the index")
-    if not np.array_equal(np.sort(stored_ids(index)), store.ids()):
+    if not _same_ids(stored_ids(index), store.ids()):
         raise ZooError(f"{path} is inconsistent: the ids in index.faiss are not the ids of items.sqlite; rebuild the index")
+
+
+def _same_ids(ids: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether ``ids`` (any order) are the increasing ``expected``; O(N) when those are one run
+    of consecutive ids (every index built in one go), so a 10M index opens in a moment."""
+    if len(ids) != len(expected):
+        return False
+    if len(ids) == 0:
+        return True
+    lo, hi = int(expected[0]), int(expected[-1])
+    if hi - lo + 1 == len(expected):
+        if int(ids.min()) != lo or int(ids.max()) != hi:
+            return False
+        return bool(np.bincount(ids - lo, minlength=len(ids)).max() == 1)
+    return bool(np.array_equal(np.sort(ids), expected))

@@ -6,6 +6,7 @@ A version (zoo.index.folder has the layout and the lock) holds
     items.sqlite        one row per vector (zoo.index.store)
     meta.json           root folder, model identity and recipe, factory, counts (zoo.index.meta)
     model.safetensors   the model's own weights, when they came from a file or a checkpoint
+    rerank.npy, rerank_ids.npy  full vectors of an index with lossy codes (zoo.index.rerank)
 
 A new version is written beside the current one and switched to atomically, so a reader
 never sees half of one; a reader that loses a race with a writer reads the new version.
@@ -16,7 +17,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import faiss
 
@@ -30,7 +31,7 @@ PARTS = ("meta.json", "index.faiss", "items.sqlite")
 
 
 def write_version(path: Path, index: faiss.Index, store: ItemStore, meta: dict, model=None,
-                  previous: Optional[Path] = None) -> Path:
+                  previous: Optional[Path] = None, extra: Optional[Callable[[Path], None]] = None) -> Path:
     """Write ``index``, ``store`` and ``meta`` as a new version of the index at ``path`` (whose
     lock the caller holds) and switch to it; returns the new version folder. Weights that
     cannot be had again by name are kept: ``model``'s, or else the file of the ``previous``
@@ -41,6 +42,8 @@ def write_version(path: Path, index: faiss.Index, store: ItemStore, meta: dict, 
     try:
         faiss.write_index(index, str(tmp / "index.faiss"))
         store.save_as(tmp / "items.sqlite")
+        if extra is not None:
+            extra(tmp)
         if keeps_own_weights(meta["model"]["weights"]):
             meta["model"]["own_weights"] = True
             if model is not None:

@@ -1,0 +1,281 @@
+"""Near-duplicate pairs through an inverted file over compact codes (``ivf`` in
+zoo.dedup.pairsearch), for vectors in memory or in a vector file on disk (zoo.index.vecfile).
+
+The PCA (top eigenvectors of a sample's covariance) and the coarse k-means (``faiss.Kmeans``)
+are trained on a sample; every vector goes to its nearest list and, as in a FAISS IVF search,
+probes its ``nprobe`` nearest lists; the vectors probing a list are compared with its members
+as one matrix product (small products on one BLAS thread each, spread over a thread pool). The
+products run on compact codes: the PCA-reduced vectors, float32, or float16 for vectors on
+disk (half the memory: 10M x 128 dims is 2.6 GB), with a slack on the bound for the rounding.
+A pair survives to the exact check when its PCA-space distance is within the threshold's
+distance: the PCA map is an orthogonal projection, which never lengthens a distance, so this
+bound drops no true pair. Survivors are re-checked with exact cosine on the full vectors (from a
+vector file: only the candidate rows are read, a chunk at a time), so every reported pair and
+similarity is exact; only pairs whose lists never meet are missed. Time O(N (nlist + nprobe N /
+nlist) d_pca), memory O(N d_pca) beyond the vectors (none of which need be in memory).
+
+Each vector's nearest-neighbour similarity (the histogram) is exact for vectors in memory; for
+vectors on disk it is exact where a candidate was checked and otherwise the PCA-space bound
+(1 - distance^2 / 2, an upper bound below the threshold), so that the search reads no more rows.
+
+The expected recall is calibrated on the data itself: sampled vectors get a synthetic copy at
+exactly the threshold similarity, moved along its difference to another vector of its list (a
+local direction of the data), and the share of (vector, copy) pairs that meet is the estimate.
+Pairs closer than the threshold are found more often, so the estimate is a floor for them.
+``nprobe`` defaults to the smallest value that reaches ``target_recall`` on that calibration.
+"""
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import faiss
+import numpy as np
+
+from zoo.dedup.pairbase import TOL, PairSearch, _dot_pairs, _single_threaded_libraries, _threads
+from zoo.errors import ZooError
+from zoo.index.vecfile import VectorFile
+
+TARGET_RECALL = 0.98
+PCA_DIM = 128
+HALF_SLACK = 2e-3  # float16 codes: rounding of |y_i - y_j|^2 / 2 stays well inside this
+CODES = ("float32", "float16")
+
+
+def ivf_params(n: int, d: int) -> dict:
+    """Defaults from the size: PCA to 128 dims above that (at 300k x 1280, 64, 128 and 256 dims
+    took 10.6, 11.3 and 15.2 CPU s for the same recall; the bound is lossless at any dim, fewer
+    dims only let more candidates through to the exact check); about 2 sqrt(N) lists, at least 40
+    vectors each. The coarse assignment costs N x nlist and the list products N x nprobe x N /
+    nlist, so about sqrt(nprobe N) lists balance them; fewer, larger lists also need a smaller
+    nprobe for the same recall and a smaller k-means sample (40 per list)."""
+    nlist = int(max(1, min(round(2 * math.sqrt(n)), n // 40)))
+    return {"nlist": nlist, "pca_dim": PCA_DIM if d > PCA_DIM else None}
+
+
+class _Coarse:
+    """PCA + k-means trained on a sample; projects vectors and assigns them to lists.
+
+    The PCA is the top ``pca_dim`` eigenvectors of the sample covariance (numpy ``eigh``;
+    ``faiss.PCAMatrix`` computes the same projection but its eigen solver took 2-7x longer here).
+    Its rows are orthonormal, so projected distances never exceed the true ones."""
+
+    def __init__(self, x: np.ndarray, nlist: int, pca_dim: Optional[int], train_size: int, seed: int,
+                 pca_size: int = 20_000):
+        rng = np.random.default_rng(seed)
+        n, d = x.shape
+        drawn = rng.choice(n, size=min(n, max(train_size, pca_size)), replace=False)  # random order
+        self.sample = np.sort(drawn[:train_size])  # k-means sample
+        self.mean, self.components = None, None
+        if pca_dim and pca_dim < d:
+            xs = x[np.sort(drawn[:pca_size])]
+            self.mean = xs.mean(0, dtype=np.float64).astype(np.float32)  # (d,)
+            xc = xs - self.mean
+            cov = (xc.T @ xc).astype(np.float64) / max(1, len(xc) - 1)  # (d, d)
+            _, vecs = np.linalg.eigh(cov)  # eigenvalues ascending
+            self.components = np.ascontiguousarray(vecs[:, ::-1][:, :pca_dim].T, dtype=np.float32)  # (d_pca, d)
+            self.offset = self.mean @ self.components.T  # (d_pca,)
+        ys = self.project(x[self.sample])
+        self.dim = ys.shape[1]
+        km = faiss.Kmeans(self.dim, nlist, niter=10, seed=seed, verbose=False, max_points_per_centroid=10_000)
+        km.train(ys)
+        self.centroids = km.centroids  # (nlist, d_pca)
+        self.quantizer = km.index  # IndexFlatL2 over the centroids
+        self.sample_lists = self.quantizer.search(ys, 1)[1][:, 0]  # (train_size,) list of each sample vector
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """(M, d) -> (M, d_pca) float32."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.components is None:
+            return x.copy()
+        return x @ self.components.T - self.offset
+
+
+def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: int, size: int = 2000,
+              seed: int = 1) -> np.ndarray:
+    """recall[p - 1] for p = 1..max_probe: share of synthetic pairs at the threshold similarity
+    that meet when every vector probes its p nearest lists.
+
+    Each sampled vector v gets a copy c v + sqrt(1 - c^2) u at exactly the threshold c, with u
+    the part of (v - w) orthogonal to v, w another vector of v's list: a local direction of the
+    data, as a near copy (crop, re-encoding) moves an embedding a little, not across the set."""
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    ids = rng.choice(n, size=min(size, n), replace=False)
+    v = x[ids]  # (S, d)
+    yv = coarse.project(v)
+    own = coarse.quantizer.search(yv, 1)[1][:, 0]
+    # a random other vector of the same list (the list's members within the sample drawn for training)
+    sample_lists = coarse.sample_lists
+    order = np.argsort(sample_lists, kind="stable")
+    starts = np.searchsorted(sample_lists[order], np.arange(len(coarse.centroids) + 1))
+    size_of = starts[own + 1] - starts[own]
+    pick = starts[own] + (rng.random(len(v)) * np.maximum(size_of, 1)).astype(np.int64)
+    w = x[coarse.sample[order[np.minimum(pick, len(order) - 1)]]]
+    delta = v - w
+    delta -= np.einsum("ij,ij->i", delta, v)[:, None] * v  # orthogonal to v
+    norm = np.linalg.norm(delta, axis=1, keepdims=True)
+    ok = (norm[:, 0] > 1e-6) & (size_of > 0)
+    v, yv, u = v[ok], yv[ok], delta[ok] / norm[ok]
+    if len(v) == 0:
+        return np.ones(max_probe)
+    t = min(float(threshold), 1.0)
+    copy = (t * v + math.sqrt(max(0.0, 1 - t * t)) * u).astype(np.float32)
+    probe_v = coarse.quantizer.search(yv, max_probe)[1]  # (S, P) nearest lists, own first
+    probe_c = coarse.quantizer.search(coarse.project(copy), max_probe)[1]
+    big = max_probe + 1
+
+    def rank(probes, target):  # position of target in each row of probes, or big
+        hit = probes == target[:, None]
+        return np.where(hit.any(1), hit.argmax(1), big)
+
+    need = np.minimum(rank(probe_v, probe_c[:, 0]), rank(probe_c, probe_v[:, 0])) + 1
+    return np.array([(need <= p).mean() for p in range(1, max_probe + 1)])
+
+
+def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nlist: Optional[int] = None,
+               pca_dim: Optional[int] = -1, train_size: Optional[int] = None, target_recall: float = TARGET_RECALL,
+               max_probe: int = 64, seed: int = 0, chunk: int = 16384, threads: Optional[int] = None,
+               codes: Optional[str] = None, block_entries: int = 1 << 24) -> PairSearch:
+    """Pairs at or above ``threshold`` through an inverted file; see the module docstring.
+
+    ``x``: (N, d) unit rows, an array or a VectorFile. ``pca_dim`` -1: the default for d (128
+    above 128, else none); None: no PCA. ``nprobe`` None: the smallest value whose calibrated
+    recall reaches ``target_recall``. ``codes``: float32 or float16 (default: float16 for a
+    VectorFile, float32 for an array). ``block_entries``: the largest distance block of one list
+    (probing vectors x members), 64 MB of float32 by default."""
+    t0 = time.perf_counter()
+    n, d = x.shape
+    on_disk = isinstance(x, VectorFile)
+    codes = codes or ("float16" if on_disk else "float32")
+    if codes not in CODES:
+        raise ZooError(f"codes '{codes}': one of {', '.join(CODES)} is expected")
+    defaults = ivf_params(n, d)
+    nlist = int(nlist or defaults["nlist"])
+    pca_dim = defaults["pca_dim"] if pca_dim == -1 else pca_dim
+    if nlist < 1 or nlist > n:
+        raise ZooError(f"nlist {nlist}: between 1 and the number of vectors ({n}) is expected")
+    with _single_threaded_libraries(), ThreadPoolExecutor(_threads(threads)) as pool:
+        coarse = _Coarse(x, nlist, pca_dim, int(train_size or min(n, 40 * nlist)), seed)
+        t_train = time.perf_counter() - t0
+
+        recall = recall_curve(x, coarse, threshold, min(max_probe, nlist), seed=seed + 1)
+        if nprobe is None:
+            reach = np.nonzero(recall >= target_recall)[0]
+            nprobe = int(reach[0] + 1) if len(reach) else len(recall)
+        nprobe = int(min(max(1, nprobe), nlist))
+        expected = 1.0 if nprobe >= nlist else float(recall[min(nprobe, len(recall)) - 1])
+
+        # project everything and find each vector's nprobe nearest lists, chunk by chunk:
+        # y (N, d_pca + 2) float32 rows [y, |y|^2 / 2, 1], probe (N, nprobe) int32, own list first
+        # (float16 codes: y rows [y, -, 1] and the half norms of the rounded codes beside them in float32)
+        dim = coarse.dim
+        y = np.empty((n, dim + 2), np.float32 if codes == "float32" else np.float16)
+        half = None if codes == "float32" else np.empty(n, np.float32)
+        probe = np.empty((n, nprobe), np.int32)
+
+        def assign(s: int) -> None:
+            part = coarse.project(x[s:s + chunk])
+            probe[s:s + chunk] = coarse.quantizer.search(part, nprobe)[1]
+            if half is not None:
+                part = part.astype(np.float16).astype(np.float32)
+                half[s:s + chunk] = 0.5 * np.einsum("ij,ij->i", part, part)
+            y[s:s + chunk, :dim] = part
+            y[s:s + chunk, dim] = 0.5 * np.einsum("ij,ij->i", part, part)
+            y[s:s + chunk, dim + 1] = 1.0
+
+        def code_rows(ids: np.ndarray) -> np.ndarray:
+            rows = y[ids]
+            if half is not None:
+                rows = rows.astype(np.float32)
+                rows[:, dim] = half[ids]
+            return rows
+
+        list(pool.map(assign, range(0, n, chunk)))
+        t_assign = time.perf_counter() - t0 - t_train
+
+        # members of each list, and the vectors probing each list (its members among them)
+        lists = probe[:, 0].astype(np.int64)
+        order = np.argsort(lists, kind="stable")
+        starts = np.searchsorted(lists[order], np.arange(nlist + 1))
+        members = [order[starts[i]:starts[i + 1]] for i in range(nlist)]
+        position = np.empty(n, np.int64)  # each vector's place among its list's members
+        position[order] = np.arange(n) - starts[lists[order]]
+        flat = probe.ravel()
+        by_list = np.argsort(flat, kind="stable")
+        pstarts = np.searchsorted(flat[by_list], np.arange(nlist + 1))
+        del flat
+        bound = 1.0 - (threshold - TOL) + (HALF_SLACK if half is not None else 0.0)  # the PCA distance bound
+
+        def scan(li: int):
+            """The vectors probing list li against its members: candidate pairs, and the nearest
+            candidate of each probing vector."""
+            cols = members[li]
+            if len(cols) == 0:
+                return None
+            probing = by_list[pstarts[li]:pstarts[li + 1]] // nprobe  # (Q,) vectors probing li
+            c = code_rows(cols)  # rows [-y_j, 1, |y_j|^2 / 2], so that one product gives the distances
+            c[:, :dim] *= -1
+            c[:, dim:] = c[:, [dim + 1, dim]]
+            found_a, found_b, near = [], [], []
+            step = max(1, block_entries // len(cols))  # a big list's product in blocks: O(block) memory
+            for s in range(0, len(probing), step):
+                qs = probing[s:s + step]
+                h = code_rows(qs) @ c.T  # (Q, |cols|) |y_i - y_j|^2 / 2
+                mine = np.nonzero(lists[qs] == li)[0]
+                h[mine, position[qs[mine]]] = np.inf  # self
+                rows, cs = np.nonzero(h <= bound)
+                a, b = qs[rows], cols[cs]
+                arg = h.argmin(1)
+                found_a.append(np.minimum(a, b))
+                found_b.append(np.maximum(a, b))
+                near.append((qs, cols[arg], h[np.arange(len(qs)), arg]))
+            return np.concatenate(found_a), np.concatenate(found_b), near
+
+        cand_a, cand_b = [], []
+        best, best_id = np.full(n, np.inf, np.float32), np.full(n, -1, np.int64)
+        for out in pool.map(scan, range(nlist)):
+            if out is None:
+                continue
+            cand_a.append(out[0])
+            cand_b.append(out[1])
+            for ids, cand, dist in out[2]:
+                better = dist < best[ids]
+                best[ids[better]] = dist[better]
+                best_id[ids[better]] = cand[better]
+        n_cand = sum(len(c) for c in cand_a)
+        del y, half, probe, by_list
+        t_lists = time.perf_counter() - t0 - t_train - t_assign
+
+        # exact check of the candidates, and of each vector's nearest candidate, on the full vectors
+        key = np.unique(np.concatenate(cand_a + [np.zeros(0, np.int64)]) * n
+                        + np.concatenate(cand_b + [np.zeros(0, np.int64)]))
+        a, b = key // n, key % n
+        sims = _dot_pairs(x, a, b, pool)
+        keep = sims >= threshold - TOL
+        nearest = np.full(n, -np.inf, np.float32)
+        has = np.nonzero(best_id >= 0)[0]
+        if on_disk:  # exact where a candidate was checked, else the PCA bound (reads no more rows)
+            nearest[has] = np.minimum(1.0 - best[has], threshold - 2 * TOL)
+            checked = np.zeros(n, bool)
+            checked[a], checked[b] = True, True
+            nearest[checked] = -np.inf
+            np.maximum.at(nearest, a, sims)
+            np.maximum.at(nearest, b, sims)
+        else:
+            nearest[has] = _dot_pairs(x, has, best_id[has], pool)
+        del best
+        pairs, sims = np.stack([a[keep], b[keep]], 1), sims[keep]
+        np.maximum.at(nearest, pairs[:, 0], sims)
+        np.maximum.at(nearest, pairs[:, 1], sims)
+    seconds = time.perf_counter() - t0
+    params = {"n": n, "dim": d, "nlist": nlist, "nprobe": nprobe, "pca_dim": coarse.dim if coarse.components is not None else None,
+              "train_size": len(coarse.sample), "candidates": int(n_cand), "codes": codes,
+              "timing_s": {"train": round(t_train, 2), "assign": round(t_assign, 2), "lists": round(t_lists, 2),
+                           "check": round(seconds - t_train - t_assign - t_lists, 2)}}
+    note = (f"inverted file ({nlist} lists, nprobe {nprobe}): expected recall {expected:.3f}, calibrated on "
+            f"synthetic pairs at exactly the threshold (closer pairs are found more often); similarities are exact")
+    return PairSearch(pairs, sims, nearest, "ivf", params, expected, note, seconds)
+
