@@ -11,7 +11,7 @@ from PIL import Image
 
 from shapes import make_shapes
 from test_review import FAST, snapshot
-from test_serve_browser import CHROMIUM
+from test_serve_browser import CHROMIUM, browser_page
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
 TOKEN = "browser-test-token"
@@ -44,54 +44,46 @@ def server(tmp_path):
 
 
 def test_review_change_keep_move_and_undo_in_the_page(server):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    expect = sync_api.expect
     images, url, quarantine = server
     before = snapshot(images)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/#review")
-            page.fill("#token", TOKEN)  # the server has a token: the page asks for it once
-            page.click("#token-bar button")
-            group = page.locator('.review-group[data-group="1"]')
-            expect(group.locator(".member")).to_have_count(3)
-            expect(page.locator("#review-page")).to_have_text("groups 1–2 of 2")
-            expect(group.locator(".keep-reasons")).to_contain_text("keep 000.png: most pixels")
-            expect(group.locator(".pairs")).to_have_text("pair scores: 1–2 0.990 · 2–3 0.950")
-            expect(group.locator(".member").nth(0).locator(".fact-format")).to_have_text("JPEG")
-            expect(group.locator(".member").nth(1)).to_have_class("member kept")
-            # a zoomed view of a member
-            group.locator(".member").nth(2).locator("img").click()
-            expect(page.locator("#zoom")).to_be_visible()
-            expect(page.locator("#zoom-caption")).to_have_text(str(images / "circle" / "000_small.png"))
-            page.click("#zoom")
-            expect(page.locator("#zoom")).to_be_hidden()
-            # keep the small one instead, then move the two others
-            small = group.locator(f'.member[data-path="{images / "circle" / "000_small.png"}"]')
-            small.locator(".keep-choice").check()
-            group.locator(".all-but-one").click()
-            expect(group.locator(".member.to-move")).to_have_count(2)
-            expect(small).to_have_class("member kept")
-            page.click("#review-plan")
-            expect(page.locator("#review-summary")).to_contain_text("Dry run: 2 file(s)")
-            assert snapshot(images) == before  # the dry run moved nothing
-            page.click("#review-move")
-            expect(page.locator("#review-summary")).to_contain_text("Moved 2 file(s)")
-            assert not (images / "circle" / "000.png").exists() and not (images / "circle" / "000_q40.jpg").exists()
-            assert (images / "circle" / "000_small.png").read_bytes() == before["circle/000_small.png"]
-            moved = sorted(p.relative_to(quarantine).as_posix().split("/", 1)[1] for p in quarantine.rglob("*.*")
-                           if p.suffix != ".json")
-            assert moved == ["circle/000.png", "circle/000_q40.jpg"]
-            expect(group.locator(".badge.gone")).to_have_count(2)  # the page shows them gone
-            # undo the batch: every file back, byte for byte
-            page.locator(".batch .undo").first.click()
-            expect(page.locator("#review-summary")).to_contain_text("Restored 2 file(s)")
-            assert snapshot(images) == before
-            expect(group.locator(".badge.gone")).to_have_count(0)
-            assert not errors, errors
-        finally:
-            browser.close()
+    with browser_page() as (sync_api, page, errors):
+        expect = sync_api.expect
+        page.goto(url + "/#review")
+        page.fill("#token", TOKEN)  # the server has a token: the page asks for it once
+        page.click("#token-bar button")
+        group = page.locator('.review-group[data-group="1"]')
+        expect(group.locator(".member")).to_have_count(3)
+        expect(page.locator("#review-page")).to_have_text("groups 1–2 of 2")
+        expect(group.locator(".keep-reasons")).to_contain_text("keep 000.png: most pixels")
+        expect(group.locator(".pairs")).to_have_text("pair scores: 1–2 0.990 · 2–3 0.950")
+        expect(group.locator(".member").nth(0).locator(".fact-format")).to_have_text("JPEG")
+        expect(group.locator(".member").nth(1)).to_have_class("member kept")
+        # a zoomed view of a member
+        group.locator(".member").nth(2).locator("img").click()
+        expect(page.locator("#zoom")).to_be_visible()
+        expect(page.locator("#zoom-caption")).to_have_text(str(images / "circle" / "000_small.png"))
+        page.click("#zoom")
+        expect(page.locator("#zoom")).to_be_hidden()
+        # keep the small one instead, then move the two others
+        small = group.locator(f'.member[data-path="{images / "circle" / "000_small.png"}"]')
+        small.locator(".keep-choice").check()
+        group.locator(".all-but-one").click()
+        expect(group.locator(".member.to-move")).to_have_count(2)
+        expect(small).to_have_class("member kept")
+        page.click("#review-plan")
+        expect(page.locator("#review-summary")).to_contain_text("Dry run: 2 file(s)")
+        assert snapshot(images) == before  # the dry run moved nothing
+        page.click("#review-move")
+        expect(page.locator("#review-summary")).to_contain_text("Moved 2 file(s)")
+        assert not (images / "circle" / "000.png").exists() and not (images / "circle" / "000_q40.jpg").exists()
+        assert (images / "circle" / "000_small.png").read_bytes() == before["circle/000_small.png"]
+        moved = sorted(p.relative_to(quarantine).as_posix().split("/", 1)[1] for p in quarantine.rglob("*.*")
+                       if p.suffix != ".json")
+        assert moved == ["circle/000.png", "circle/000_q40.jpg"]
+        expect(group.locator(".badge.gone")).to_have_count(2)  # the page shows them gone
+        # undo the batch: every file back, byte for byte
+        page.locator(".batch .undo").first.click()
+        expect(page.locator("#review-summary")).to_contain_text("Restored 2 file(s)")
+        assert snapshot(images) == before
+        expect(group.locator(".badge.gone")).to_have_count(0)
+        assert not errors, errors

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,24 @@ from shapes import make_shapes
 CHROMIUM = next((p for p in (os.environ.get("ZOO_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
                              shutil.which("chromium-browser")) if p and Path(p).is_file()), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
+
+
+@contextmanager
+def browser_page(console: bool = False):
+    """(playwright's sync_api, a Chromium page, the list its script errors land in; with
+    ``console`` also console errors)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            if console:
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            yield sync_api, page, errors
+        finally:
+            browser.close()
 
 
 @pytest.fixture
@@ -37,39 +56,30 @@ def server(tmp_path):
 
 
 def test_upload_in_the_page_shows_the_image_first(server):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
     images, url = server
     query = images / "triangle" / "001.png"
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(url + "/")
-            sync_api.expect(page.locator("#info")).to_contain_text("9 items")
-            page.set_input_files("#query-file", str(query))
-            first = page.locator("#results .result").first
-            sync_api.expect(first).to_have_attribute("data-path", str(query.resolve()))
-            sync_api.expect(first.locator(".cos")).to_have_text("1.000")
-            sync_api.expect(page.locator("#results .result")).to_have_count(9)
-            assert first.locator(".label").inner_text() == "triangle"
-            # its thumbnail came from the server, by id, and decoded
-            img = first.locator("img")
-            sync_api.expect(img).to_have_attribute("src", f"/api/items/{first.get_attribute('data-id')}/thumbnail")
-            for _ in range(100):
-                if img.evaluate("i => i.complete && i.naturalWidth"):
-                    break
-                page.wait_for_timeout(100)
-            assert img.evaluate("i => i.naturalWidth") == 48
+    with browser_page(console=True) as (sync_api, page, errors):
+        page.goto(url + "/")
+        sync_api.expect(page.locator("#info")).to_contain_text("9 items")
+        page.set_input_files("#query-file", str(query))
+        first = page.locator("#results .result").first
+        sync_api.expect(first).to_have_attribute("data-path", str(query.resolve()))
+        sync_api.expect(first.locator(".cos")).to_have_text("1.000")
+        sync_api.expect(page.locator("#results .result")).to_have_count(9)
+        assert first.locator(".label").inner_text() == "triangle"
+        # its thumbnail came from the server, by id, and decoded
+        img = first.locator("img")
+        sync_api.expect(img).to_have_attribute("src", f"/api/items/{first.get_attribute('data-id')}/thumbnail")
+        for _ in range(100):
+            if img.evaluate("i => i.complete && i.naturalWidth"):
+                break
+            page.wait_for_timeout(100)
+        assert img.evaluate("i => i.naturalWidth") == 48
 
-            # click the third result: more like this puts it first
-            third = page.locator("#results .result").nth(2)
-            third_path = third.get_attribute("data-path")
-            third.click()
-            sync_api.expect(page.locator("#results .result").first).to_have_attribute("data-path", third_path)
-            sync_api.expect(page.locator("#query-meta")).to_contain_text("indexed item #")
-            assert not errors, errors
-        finally:
-            browser.close()
+        # click the third result: more like this puts it first
+        third = page.locator("#results .result").nth(2)
+        third_path = third.get_attribute("data-path")
+        third.click()
+        sync_api.expect(page.locator("#results .result").first).to_have_attribute("data-path", third_path)
+        sync_api.expect(page.locator("#query-meta")).to_contain_text("indexed item #")
+        assert not errors, errors
