@@ -20,10 +20,15 @@ def similarity_score(cosine: np.ndarray) -> np.ndarray:
     return np.clip((1.0 + cosine) / 2.0, 0.0, 1.0)
 
 
-def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
-    v = np.asarray(vectors, dtype=np.float32)
-    v = v / np.linalg.norm(v, axis=1, keepdims=True).clip(min=1e-12)
-    return v @ v.T  # (N, N)
+def cosine_matrix(vectors: np.ndarray, others: Optional[np.ndarray] = None, dtype=np.float32) -> np.ndarray:
+    """Cosine similarity of every row of ``vectors`` with every row of ``others`` (default:
+    ``vectors`` itself), (N, M), computed in ``dtype``; zero rows give 0."""
+    def unit(a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=dtype)
+        return a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
+
+    v = unit(vectors)
+    return v @ (v if others is None else unit(others)).T
 
 
 def run_compare(model, images: Sequence[str], matrix: Optional[str] = None, overwrite: bool = False,

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from zoo.data.images import records_from, scan_folder
-from zoo.dedup.compare import similarity_score
+from zoo.dedup.compare import cosine_matrix, similarity_score
 from zoo.embed.runner import embed, require_some
 from zoo.errors import ZooError
 from zoo.evaluate.calibration import lookup_threshold, model_key, read_calibration
@@ -142,18 +142,16 @@ def describe(name: str, answer: dict) -> str:
     return f"{name}: new (below threshold {answer['threshold']:.4f}{shown}; a copy verdict there has expected precision {p})"
 
 
-def folder_nearest(model, images: str, query: Sequence[str], trainer=None, **loader) -> tuple[int, list]:
-    """Known images as a folder, embedded now with ``model``: (number of known images,
-    [(query path, nearest {"id", "path", "label"}, cosine)]). ``loader``: batch_size, num_workers."""
-    known = embed(model, scan_folder(images), trainer=trainer, **loader)
-    require_some(known, images)
+def folder_nearest(model, known: Sequence, query: Sequence[str], name: str, trainer=None,
+                   **loader) -> tuple[int, list]:
+    """Known images (records of folder ``name``), embedded now with ``model``: (number of known
+    images that decoded, [(query path, nearest {"id", "path", "label"}, cosine)]). ``loader``:
+    batch_size, num_workers."""
+    known = embed(model, known, trainer=trainer, **loader)
+    require_some(known, name)
     queries = embed(model, records_from(list(query)), trainer=trainer, **loader)
     require_some(queries, "the query")
-    k = known.vectors.astype(np.float64)
-    q = queries.vectors.astype(np.float64)
-    k /= np.maximum(np.linalg.norm(k, axis=1, keepdims=True), 1e-12)
-    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    sims = q @ k.T  # (Q, N)
+    sims = cosine_matrix(queries.vectors, known.vectors, dtype=np.float64)  # (Q, N)
     best = sims.argmax(axis=1)
     return len(known.records), [(r.path, {"id": int(j), "path": known.records[j].path, "label": known.records[j].label},
                                  float(sims[i, j])) for i, (r, j) in enumerate(zip(queries.records, best))]
@@ -179,10 +177,10 @@ def run_check(index: Optional[str], query: Sequence[str], calibration: str = "zo
             found.append((q, near, None if h is None else h.similarity))
     else:
         model = model.build()
-        known_files = len(scan_folder(images))
-        check = load_check(calibration, model.architecture, model.weights_id, known_files)
-        n_items, found = folder_nearest(model, images, query, trainer, **loader)
-        if n_items != known_files:  # some known images did not decode: the size it holds
+        known = scan_folder(images)  # listed once: its size sizes the check, then it is embedded
+        check = load_check(calibration, model.architecture, model.weights_id, len(known))
+        n_items, found = folder_nearest(model, known, query, images, trainer, **loader)
+        if n_items != len(known):  # some known images did not decode: the size it holds
             check = load_check(calibration, model.architecture, model.weights_id, n_items)
     answers = [{"query": str(q), **verdict(check, near, cos)} for q, near, cos in found]
     print(f"zoo: check: threshold {check.threshold:.4f} for {n_items} items ({check.source}); {check.estimate}",

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from zoo.dedup.compare import cosine_matrix
 from zoo.dedup.facts import FileFacts, file_facts
 from zoo.dedup.keep import DEFAULT_RULES, check_rules, choose_keep
 from zoo.dedup.quarantine import check_movable, is_under, move_files, read_manifest, undo_quarantine
@@ -99,11 +100,10 @@ class Review:
         if len(at) < 2:
             return None
         try:
-            v = self.idx.vectors_of([i for _, i in at]).astype(np.float64)
+            v = self.idx.vectors_of([i for _, i in at])
         except ZooError:  # vectors the index cannot give back by id
             return None
-        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        sims = v @ v.T
+        sims = cosine_matrix(v, dtype=np.float64)
         return [[at[a][0], at[b][0], round(float(sims[a, b]), 6)] for a in range(len(at)) for b in range(a + 1, len(at))]
 
     def group_view(self, gid: int) -> dict:
