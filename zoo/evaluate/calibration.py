@@ -74,13 +74,32 @@ def read_calibration(path: str | Path) -> dict:
 
 def lookup_threshold(path: str | Path, architecture: str, weights: str) -> float:
     """The calibrated threshold of this model, or a ZooError telling how to make one."""
-    key = model_key(architecture, weights)
-    threshold = read_calibration(path)["models"].get(key, {}).get("threshold")
+    entry = read_calibration(path)["models"].get(model_key(architecture, weights), {})
+    return entry_threshold(entry, path, architecture, weights)
+
+
+def entry_threshold(entry: dict, path: str | Path, architecture: str, weights: str) -> float:
+    """The threshold of a model's calibration ``entry`` (read from ``path``), or a ZooError
+    telling how to make one."""
+    threshold = entry.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         where = f"in {path}" if Path(path).exists() else f"({path} does not exist)"
         raise ZooError(f"--threshold auto: no calibration for {architecture} (weights: {weights}) {where}; "
                        f"run `zoo calibrate --images DIR` with the same model first (or pass --calibration FILE)")
     return float(threshold)
+
+
+def damaged_entry(path: str | Path, key: str, reason: Exception | str) -> ZooError:
+    """The one-line error of a calibration entry that cannot be used as it is."""
+    return ZooError(f"{path}: the entry of {key[:80]} is damaged ({str(reason)[:120]}); rerun `zoo calibrate --overwrite`")
+
+
+def size_aware_rate(entry: dict, path: str | Path, key: str) -> FalseMatchRate:
+    """The per-pair false-match rate of a size-aware (version 2) ``entry``; a damaged one is a ZooError."""
+    try:
+        return FalseMatchRate.from_json(entry["size_aware"])
+    except (ValueError, TypeError) as e:
+        raise damaged_entry(path, key, e) from None
 
 
 def save_entry(path: str | Path, key: str, entry: dict, overwrite: bool) -> None:
@@ -232,9 +251,9 @@ def auto_threshold(calibration: str | Path, model=None, index: Optional[str] = N
     if precision is not None and not 0.0 < precision < 1.0:
         raise ZooError(f"--precision {precision}: a target precision in (0, 1) is expected")
     architecture, weights = _identity(model, index)
-    threshold = lookup_threshold(calibration, architecture, weights)
     key = model_key(architecture, weights)
-    entry = read_calibration(calibration)["models"][key]
+    entry = read_calibration(calibration)["models"].get(key, {})
+    threshold = entry_threshold(entry, calibration, architecture, weights)
     if "size_aware" not in entry:
         print(f"zoo: --threshold auto: {threshold:.4f} (calibrated for {architecture}, {calibration})", file=sys.stderr)
         print(f"zoo: note: the calibration of {architecture} in {calibration} is version 1 (one threshold, measured on "
@@ -244,10 +263,7 @@ def auto_threshold(calibration: str | Path, model=None, index: Optional[str] = N
             raise ZooError(f"--precision {precision}: the version 1 calibration in {calibration} holds one threshold "
                            f"for precision {entry.get('precision_target')}; rerun `zoo calibrate --overwrite`")
         return threshold, None
-    try:
-        rate = FalseMatchRate.from_json(entry["size_aware"])
-    except (ValueError, TypeError) as e:
-        raise ZooError(f"{calibration}: the entry of {key[:80]} is damaged ({str(e)[:120]}); rerun `zoo calibrate --overwrite`") from None
+    rate = size_aware_rate(entry, calibration, key)
     target = precision if precision is not None else entry.get("precision_target")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target < 1.0:
         raise ZooError(f"{calibration}: the entry of {key[:80]} has no precision target in (0, 1); pass --precision")
@@ -261,12 +277,3 @@ def _identity(model=None, index: Optional[str] = None) -> tuple[str, str]:
         return meta["architecture"], meta["weights"]
     model = model.build()
     return model.architecture, model.weights_id
-
-
-def calibrated_threshold(calibration: str | Path, model=None, index: Optional[str] = None) -> float:
-    """``--threshold auto``: the threshold calibrated for ``model``, or for the model that
-    built ``index``."""
-    architecture, weights = _identity(model, index)
-    threshold = lookup_threshold(calibration, architecture, weights)
-    print(f"zoo: --threshold auto: {threshold:.4f} (calibrated for {architecture}, {calibration})", file=sys.stderr)
-    return threshold

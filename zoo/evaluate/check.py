@@ -32,7 +32,7 @@ from zoo.data.images import records_from, scan_folder
 from zoo.dedup.compare import cosine_matrix, similarity_score
 from zoo.embed.runner import embed, require_some
 from zoo.errors import ZooError
-from zoo.evaluate.calibration import lookup_threshold, model_key, read_calibration
+from zoo.evaluate.calibration import damaged_entry, entry_threshold, model_key, read_calibration, size_aware_rate
 from zoo.index.core import load_index
 from zoo.metrics.falsematch import FalseMatchRate
 
@@ -88,7 +88,7 @@ def load_check(calibration: str | Path, architecture: str, weights: str, n_items
         where = f"in {calibration}" if Path(calibration).exists() else f"({calibration} does not exist)"
         raise ZooError(f"no calibration for {architecture} (weights: {weights}) {where}: the copy check needs one; run "
                        f"`zoo calibrate --images DIR` with the index's model first (or pass --calibration FILE)")
-    threshold = lookup_threshold(calibration, architecture, weights)  # ZooError: no usable threshold
+    threshold = entry_threshold(entry, calibration, architecture, weights)  # ZooError: no usable threshold
     source = f"{calibration} [{key}]"
     target = entry.get("precision_target")
     target = float(target) if isinstance(target, (int, float)) and not isinstance(target, bool) \
@@ -100,14 +100,13 @@ def load_check(calibration: str | Path, architecture: str, weights: str, n_items
                          f"version 1 calibration: one threshold, pair precision {p} measured on its sample of "
                          f"{entry.get('images', '?')} photos, not adjusted to this index's {n_items} items; rerun "
                          f"`zoo calibrate --overwrite` for a size-aware one", source)
+    rate = size_aware_rate(entry, calibration, key)
     try:
-        rate = FalseMatchRate.from_json(entry["size_aware"])
         if target is None:
             raise ValueError("no precision target in (0, 1)")
         t, p, chance, recall, reached = size_aware(rate, n_items, target)
     except (ValueError, TypeError) as e:
-        raise ZooError(f"{calibration}: the entry of {key[:80]} is damaged ({str(e)[:120]}); "
-                       f"rerun `zoo calibrate --overwrite`") from None
+        raise damaged_entry(calibration, key, e) from None
     how = (f"one query meets {n_items} items: false-match chance min(1, FPR(t) x {n_items}) = {chance:.2e} with "
            f"FPR({t:.4f}) {rate.method(t)}; recall {recall:.3f} of the calibration's edited copies; precision "
            f"R / (R + chance) if {PRIOR}")
