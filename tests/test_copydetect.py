@@ -15,7 +15,9 @@ from zoo.data.augment import PRESETS, SomeOf, build_augmentation, edits, make_co
 from zoo.evaluate.calibration import lookup_threshold, save_entry
 from zoo.data.datamodule import ZooDataModule
 from zoo.errors import ZooError
+from zoo.index.core import load_index
 from zoo.metrics.pairs import average_precision, pair_scores, pr_curve, threshold_for_precision
+from zoo.serve.duplicates import load_duplicates
 from conftest import TINY
 from shapes import make_shapes
 
@@ -264,6 +266,13 @@ def test_cli_calibrate_then_duplicates_threshold_auto(shapes_dir, tmp_path, zoo_
     assert report["library_images"] == 12 and report["library_pairs"] == 66 and report["precision_target"] == 0.9
     assert result["threshold"] >= report["search_floor"] and "--threshold auto: " in err
     assert report["expected_precision"] is None or report["expected_precision"] >= 0.9
+    # the seam with zoo serve: a size-aware groups.json loads for review, ids mapped, its chosen threshold shown
+    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", "ix", *model)
+    assert code == 0, err
+    groups = load_duplicates(tmp_path / "d1", load_index(tmp_path / "ix"))
+    assert len(groups) == len(result["exact_groups"]) + len(result["near_groups"])
+    assert groups.about["threshold"] == result["threshold"]
+    assert all(groups.ids.get(p) is not None for g in groups.groups for p in g.paths)
     # a version 1 entry (one threshold) still works, with a note that it is not size-aware
     data = json.load(open(tmp_path / "zoo-calibration.json"))
     data["version"] = 1
