@@ -226,12 +226,16 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
                 h = code_rows(qs) @ c.T  # (Q, |cols|) |y_i - y_j|^2 / 2
                 mine = np.nonzero(lists[qs] == li)[0]
                 h[mine, position[qs[mine]]] = np.inf  # self
-                rows, cs = np.nonzero(h <= bound)
-                a, b = qs[rows], cols[cs]
+                # each row's minimum first (the probing vector's nearest candidate here); the
+                # threshold test then runs only on the few rows whose minimum passes it
                 arg = h.argmin(1)
+                low = h[np.arange(len(qs)), arg]
+                hit = np.nonzero(low <= bound)[0]
+                rows, cs = np.nonzero(h[hit] <= bound)
+                a, b = qs[hit[rows]], cols[cs]
                 found_a.append(np.minimum(a, b))
                 found_b.append(np.maximum(a, b))
-                near.append((qs, cols[arg], h[np.arange(len(qs)), arg]))
+                near.append((qs, cols[arg], low))
             return np.concatenate(found_a), np.concatenate(found_b), near
 
         cand_a, cand_b = [], []

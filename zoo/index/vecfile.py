@@ -10,11 +10,12 @@ Reading (``VectorFile.open``) is hostile-input safe: the header is parsed by Num
 endian, the shape 2-d, and the file exactly as long as the header says; anything else is a
 one-line ZooError. Rows come back as float32 copies: ``vf[a:b]`` (a sequential read with
 ``pread``: page cache only, nothing stays in the process), ``vf[rows]`` (a gather through a
-memory map opened for that call and closed after it, so touched pages leave the process's
-resident set with it). Memory stays O(what was asked for).
+memory map opened for that call without read-ahead and closed after it, so only the rows'
+pages are read and they leave the process's resident set with it). Memory stays O(what was asked for).
 """
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -103,11 +104,14 @@ class VectorFile:
             raise ZooError(f"{self.path}: row out of range (0..{self.rows - 1})")
         if len(rows) == 0:
             return np.zeros((0, self.dim), np.float32)
-        mm = np.memmap(self.path, self.dtype, "r", offset=self.offset, shape=(self.rows, self.dim))
         order = np.argsort(rows, kind="stable")  # read in file order
         out = np.empty((len(rows), self.dim), np.float32)
-        out[order] = mm[rows[order]]
-        del mm  # unmapped here: its pages leave this process's resident set
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+                mm.madvise(mmap.MADV_RANDOM)  # no read-ahead: a scattered sample reads its rows, not the file
+            table = np.frombuffer(mm, self.dtype, count=self.rows * self.dim, offset=self.offset)
+            out[order] = table.reshape(self.rows, self.dim)[rows[order]]
+            del table  # unmapped on leaving: its pages leave this process's resident set
         return out
 
     def __getitem__(self, key) -> np.ndarray:
