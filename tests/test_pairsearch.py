@@ -6,6 +6,7 @@ import pytest
 
 from zoo.errors import ZooError
 from zoo.dedup.groups import component_groups, group_similarity_range, make_groups, star_groups
+from zoo.dedup.ivfpairs import _Coarse
 from zoo.dedup.pairsearch import exact_search, find_pairs, ivf_search
 from zoo.index.vectors import index_vectors
 from conftest import TINY
@@ -187,3 +188,19 @@ def test_memory_mapped_vectors_are_searched_in_place(tmp_path):
     assert {tuple(p) for p in found.pairs.tolist()} == truth
     scaled = unit_rows(x * 3)  # not unit: one normalised copy
     np.testing.assert_allclose(np.linalg.norm(scaled, axis=1), 1, atol=1e-5)
+
+
+def test_lists_are_probed_in_order_of_the_distance_to_their_boundary():
+    """A vector at (1, 0) in list A (centre (0, 0)): C (0, 2.5) has the nearer centre (7.25 vs 9),
+    but the A|B boundary (x = 2) is 1 away and the A|C boundary 1.25: B is probed before C."""
+    coarse = _Coarse.__new__(_Coarse)
+    coarse.centroids = np.array([[0, 0], [4, 0], [0, 2.5], [50, 50]], np.float32)
+    coarse.quantizer = faiss.IndexFlatL2(2)
+    coarse.quantizer.add(coarse.centroids)
+    coarse.gram = coarse.centroids @ coarse.centroids.T
+    coarse.sq_norms = (coarse.centroids ** 2).sum(1)
+    y = np.array([[1, 0]], np.float32)
+    assert coarse.quantizer.search(y, 3)[1].tolist() == [[0, 2, 1]]  # by centre distance
+    assert coarse.probes(y, 3).tolist() == [[0, 1, 2]]  # by boundary distance
+    assert coarse.probes(y, 1).tolist() == [[0]]
+    assert coarse.probes(y, 2, shortlist=2).tolist() == [[0, 2]]  # only the shortlist is ranked

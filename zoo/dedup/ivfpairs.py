@@ -2,9 +2,9 @@
 zoo.dedup.pairsearch), for vectors in memory or in a vector file on disk (zoo.index.vecfile).
 
 The PCA (top eigenvectors of a sample's covariance) and the coarse k-means (``faiss.Kmeans``)
-are trained on a sample; every vector goes to its nearest list and, as in a FAISS IVF search,
-probes its ``nprobe`` nearest lists; the vectors probing a list are compared with its members
-as one matrix product (small products on one BLAS thread each, spread over a thread pool). The
+are trained on a sample; every vector goes to its nearest list and probes ``nprobe`` lists (its
+own, then those whose boundary with its own is nearest: _Coarse.probes); the vectors probing a
+list are compared with its members as one matrix product (small products on one BLAS thread each, spread over a thread pool). The
 products run on compact codes: the PCA-reduced vectors, float32, or float16 for vectors on
 disk (half the memory: 10M x 128 dims is 2.6 GB), with a slack on the bound for the rounding.
 A pair survives to the exact check when its PCA-space distance is within the threshold's
@@ -42,6 +42,7 @@ TARGET_RECALL = 0.98
 PCA_DIM = 128
 HALF_SLACK = 2e-3  # float16 codes: rounding of |y_i - y_j|^2 / 2 stays well inside this
 CODES = ("float32", "float16")
+SHORTLIST = 32  # lists ranked by boundary distance among this many nearest centres (also the most probed)
 
 
 def ivf_params(n: int, d: int) -> dict:
@@ -84,6 +85,29 @@ class _Coarse:
         self.centroids = km.centroids  # (nlist, d_pca)
         self.quantizer = km.index  # IndexFlatL2 over the centroids
         self.sample_lists = self.quantizer.search(ys, 1)[1][:, 0]  # (train_size,) list of each sample vector
+        self.gram = self.centroids @ self.centroids.T  # (nlist, nlist), for the boundary distances (160 MB at 6,325 lists)
+        self.sq_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
+
+    def probes(self, y: np.ndarray, k: int, shortlist: int = SHORTLIST) -> np.ndarray:
+        """(M, k) int64: the lists each projected vector probes, its own first.
+
+        A near copy of a vector in list A that lies in list B is within the threshold's distance
+        of the A|B boundary (the hyperplane halfway between their centres), so the lists are taken
+        in order of the vector's distance to that boundary, (|y - c_B|^2 - |y - c_A|^2) / (2 |c_B - c_A|),
+        among the ``shortlist`` nearest centres, rather than by the distance to c_B alone. At 2M
+        synthetic 1280-d vectors, 2828 lists, it met recall 0.98 of pairs at the threshold with
+        10 lists instead of 14 (a shortlist of 32 did as well as 64; 16 lost 0.01). One shortlist
+        for every k up to it, so that the calibration's p lists are the search's."""
+        m = min(len(self.centroids), max(shortlist, k))  # one shortlist for every k <= it: the same order
+        dist, lists = self.quantizer.search(y, m)  # ascending squared distances, own list first
+        if k == 1 or m == 1:
+            return lists[:, :k]
+        own = lists[:, :1]
+        gap2 = self.sq_norms[own] + self.sq_norms[lists] - 2 * self.gram[own, lists]
+        key = (dist - dist[:, :1]) / (2 * np.sqrt(np.maximum(gap2, 1e-12)))
+        key[:, 0] = -np.inf
+        order = np.argsort(key, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(lists, order, axis=1)
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """(M, d) -> (M, d_pca) float32."""
@@ -96,7 +120,7 @@ class _Coarse:
 def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: int, size: int = 2000,
               seed: int = 1) -> np.ndarray:
     """recall[p - 1] for p = 1..max_probe: share of synthetic pairs at the threshold similarity
-    that meet when every vector probes its p nearest lists.
+    that meet when every vector probes p lists (_Coarse.probes).
 
     Each sampled vector v gets a copy c v + sqrt(1 - c^2) u at exactly the threshold c, with u
     the part of (v - w) orthogonal to v, w another vector of v's list: a local direction of the
@@ -123,8 +147,8 @@ def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: in
         return np.ones(max_probe)
     t = min(float(threshold), 1.0)
     copy = (t * v + math.sqrt(max(0.0, 1 - t * t)) * u).astype(np.float32)
-    probe_v = coarse.quantizer.search(yv, max_probe)[1]  # (S, P) nearest lists, own first
-    probe_c = coarse.quantizer.search(coarse.project(copy), max_probe)[1]
+    probe_v = coarse.probes(yv, max_probe)  # (S, P) lists probed, own first
+    probe_c = coarse.probes(coarse.project(copy), max_probe)
     big = max_probe + 1
 
     def rank(probes, target):  # position of target in each row of probes, or big
@@ -137,7 +161,7 @@ def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: in
 
 def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nlist: Optional[int] = None,
                pca_dim: Optional[int] = -1, train_size: Optional[int] = None, target_recall: float = TARGET_RECALL,
-               max_probe: int = 64, seed: int = 0, chunk: int = 16384, threads: Optional[int] = None,
+               max_probe: int = SHORTLIST, seed: int = 0, chunk: int = 16384, threads: Optional[int] = None,
                codes: Optional[str] = None, block_entries: int = 1 << 24) -> PairSearch:
     """Pairs at or above ``threshold`` through an inverted file; see the module docstring.
 
@@ -168,7 +192,7 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
         nprobe = int(min(max(1, nprobe), nlist))
         expected = 1.0 if nprobe >= nlist else float(recall[min(nprobe, len(recall)) - 1])
 
-        # project everything and find each vector's nprobe nearest lists, chunk by chunk:
+        # project everything and find the nprobe lists each vector probes, chunk by chunk:
         # y (N, d_pca + 2) float32 rows [y, |y|^2 / 2, 1], probe (N, nprobe) int32, own list first
         # (float16 codes: y rows [y, -, 1] and the half norms of the rounded codes beside them in float32)
         dim = coarse.dim
@@ -178,7 +202,7 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
 
         def assign(s: int) -> None:
             part = coarse.project(x[s:s + chunk])
-            probe[s:s + chunk] = coarse.quantizer.search(part, nprobe)[1]
+            probe[s:s + chunk] = coarse.probes(part, nprobe)
             if half is not None:
                 part = part.astype(np.float16).astype(np.float32)
                 half[s:s + chunk] = 0.5 * np.einsum("ij,ij->i", part, part)
