@@ -6,7 +6,7 @@ import pytest
 
 from zoo.errors import ZooError
 from zoo.dedup.groups import component_groups, group_similarity_range, make_groups, star_groups
-from zoo.dedup.ivfpairs import _Coarse
+from zoo.dedup.ivfpairs import _Coarse, calibrated_radius
 from zoo.dedup.pairsearch import exact_search, find_pairs, ivf_search
 from zoo.index.vectors import index_vectors
 from conftest import TINY
@@ -204,3 +204,26 @@ def test_lists_are_probed_in_order_of_the_distance_to_their_boundary():
     assert coarse.probes(y, 3).tolist() == [[0, 1, 2]]  # by boundary distance
     assert coarse.probes(y, 1).tolist() == [[0]]
     assert coarse.probes(y, 2, shortlist=2).tolist() == [[0, 2]]  # only the shortlist is ranked
+    lists, keys = coarse.ranked(y, 3)
+    assert lists.tolist() == [[0, 1, 2]] and keys[0, 0] == -np.inf
+    assert np.allclose(keys[0, 1:], [1.0, 1.25])  # (9 - 1) / (2 * 4), (7.25 - 1) / (2 * 2.5)
+
+
+def test_the_radius_is_the_smallest_that_meets_the_target_share():
+    need = np.array([0.3, -np.inf, np.inf, 0.1, 0.2])  # -inf: same list; inf: beyond the shortlist
+    assert calibrated_radius(need, 0.6) == 0.2  # 3 of 5 meet within 0.2
+    assert calibrated_radius(need, 0.61) == 0.3
+    assert calibrated_radius(need, 0.8) == 0.3
+    assert calibrated_radius(need, 0.81) == np.inf  # not reached: the whole shortlist is probed
+
+
+def test_default_search_probes_a_calibrated_radius_and_a_fixed_nprobe_probes_that_many():
+    x, truth = planted(3000, 32, seed=3)
+    exact = set(map(tuple, exact_search(x, 0.95).pairs.tolist()))
+    adaptive = ivf_search(x, 0.95, nlist=40)
+    assert adaptive.params["radius"] is not None and 1 <= adaptive.params["nprobe"] < 40  # mean lists probed
+    assert "boundary is within" in adaptive.recall_note
+    found = set(map(tuple, adaptive.pairs.tolist()))
+    assert truth <= found <= exact
+    fixed = ivf_search(x, 0.95, nlist=40, nprobe=3)
+    assert fixed.params["radius"] is None and fixed.params["nprobe"] == 3 and "nprobe 3" in fixed.recall_note

@@ -2,16 +2,18 @@
 zoo.dedup.pairsearch), for vectors in memory or in a vector file on disk (zoo.index.vecfile).
 
 The PCA (top eigenvectors of a sample's covariance) and the coarse k-means (``faiss.Kmeans``)
-are trained on a sample; every vector goes to its nearest list and probes ``nprobe`` lists (its
-own, then those whose boundary with its own is nearest: _Coarse.probes); the vectors probing a
-list are compared with its members as one matrix product (small products on one BLAS thread each, spread over a thread pool). The
-products run on compact codes: the PCA-reduced vectors, float32, or float16 for vectors on
+are trained on a sample; every vector goes to its nearest list and probes its own list and the
+lists of its shortlist (the 32 nearest centres) whose boundary with its own list lies within a
+calibrated radius (_Coarse.ranked): a vector deep inside its list probes few, one near many
+boundaries more (at 10M, for the same recall, 16.5 lists on average instead of a fixed 32).
+The vectors probing a list are compared with its members as one matrix product (small products
+on one BLAS thread each, spread over a thread pool). The products run on compact codes: the PCA-reduced vectors, float32, or float16 for vectors on
 disk (half the memory: 10M x 128 dims is 2.6 GB), with a slack on the bound for the rounding.
 A pair survives to the exact check when its PCA-space distance is within the threshold's
 distance: the PCA map is an orthogonal projection, which never lengthens a distance, so this
 bound drops no true pair. Survivors are re-checked with exact cosine on the full vectors (from a
 vector file: only the candidate rows are read, a chunk at a time), so every reported pair and
-similarity is exact; only pairs whose lists never meet are missed. Time O(N (nlist + nprobe N /
+similarity is exact; only pairs whose lists never meet are missed. Time O(N (nlist + probes N /
 nlist) d_pca), memory O(N d_pca) beyond the vectors (none of which need be in memory).
 
 Each vector's nearest-neighbour similarity (the histogram) is exact for vectors in memory; for
@@ -22,7 +24,8 @@ The expected recall is calibrated on the data itself: sampled vectors get a synt
 exactly the threshold similarity, moved along its difference to another vector of its list (a
 local direction of the data), and the share of (vector, copy) pairs that meet is the estimate.
 Pairs closer than the threshold are found more often, so the estimate is a floor for them.
-``nprobe`` defaults to the smallest value that reaches ``target_recall`` on that calibration.
+The radius is the smallest that reaches ``target_recall`` on that calibration; ``nprobe`` instead
+probes a fixed number of lists per vector (the first ones in the same order).
 """
 from __future__ import annotations
 
@@ -88,26 +91,32 @@ class _Coarse:
         self.gram = self.centroids @ self.centroids.T  # (nlist, nlist), for the boundary distances (160 MB at 6,325 lists)
         self.sq_norms = np.einsum("ij,ij->i", self.centroids, self.centroids)
 
-    def probes(self, y: np.ndarray, k: int, shortlist: int = SHORTLIST) -> np.ndarray:
-        """(M, k) int64: the lists each projected vector probes, its own first.
+    def ranked(self, y: np.ndarray, shortlist: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray]:
+        """(lists, keys), both (M, m): for each projected vector, the ``shortlist`` nearest lists
+        in the order they are probed, its own first, and each one's key.
 
         A near copy of a vector in list A that lies in list B is within the threshold's distance
-        of the A|B boundary (the hyperplane halfway between their centres), so the lists are taken
-        in order of the vector's distance to that boundary, (|y - c_B|^2 - |y - c_A|^2) / (2 |c_B - c_A|),
-        among the ``shortlist`` nearest centres, rather than by the distance to c_B alone. At 2M
-        synthetic 1280-d vectors, 2828 lists, it met recall 0.98 of pairs at the threshold with
-        10 lists instead of 14 (a shortlist of 32 did as well as 64; 16 lost 0.01). One shortlist
-        for every k up to it, so that the calibration's p lists are the search's."""
-        m = min(len(self.centroids), max(shortlist, k))  # one shortlist for every k <= it: the same order
+        of the A|B boundary (the hyperplane halfway between their centres); more precisely, the
+        two distances of the pair to that boundary add up to at most the pair's distance. So a
+        list's key is the vector's distance to its boundary with the own list,
+        (|y - c_B|^2 - |y - c_A|^2) / (2 |c_B - c_A|) (-inf for the own list), and lists are
+        probed by key, among the nearest centres, rather than by the distance to c_B alone. At 2M
+        synthetic 1280-d vectors, 2828 lists, this met recall 0.98 of pairs at the threshold with
+        10 lists instead of 14 (a shortlist of 32 did as well as 64; 16 lost 0.01)."""
+        m = min(len(self.centroids), shortlist)
         dist, lists = self.quantizer.search(y, m)  # ascending squared distances, own list first
-        if k == 1 or m == 1:
-            return lists[:, :k]
-        own = lists[:, :1]
-        gap2 = self.sq_norms[own] + self.sq_norms[lists] - 2 * self.gram[own, lists]
-        key = (dist - dist[:, :1]) / (2 * np.sqrt(np.maximum(gap2, 1e-12)))
-        key[:, 0] = -np.inf
-        order = np.argsort(key, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(lists, order, axis=1)
+        key = np.full(lists.shape, -np.inf, np.float32)
+        if m > 1:
+            own = lists[:, :1]
+            gap2 = self.sq_norms[own] + self.sq_norms[lists] - 2 * self.gram[own, lists]
+            key[:, 1:] = ((dist - dist[:, :1]) / (2 * np.sqrt(np.maximum(gap2, 1e-12))))[:, 1:]
+        order = np.argsort(key, axis=1, kind="stable")
+        return np.take_along_axis(lists, order, axis=1), np.take_along_axis(key, order, axis=1)
+
+    def probes(self, y: np.ndarray, k: int, shortlist: int = SHORTLIST) -> np.ndarray:
+        """(M, k): the first k lists of ``ranked`` (one shortlist for every k up to it, so that
+        the calibration's first p lists are the search's)."""
+        return self.ranked(y, max(shortlist, k))[0][:, :k]
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """(M, d) -> (M, d_pca) float32."""
@@ -117,10 +126,11 @@ class _Coarse:
         return x @ self.components.T - self.offset
 
 
-def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: int, size: int = 2000,
-              seed: int = 1) -> np.ndarray:
-    """recall[p - 1] for p = 1..max_probe: share of synthetic pairs at the threshold similarity
-    that meet when every vector probes p lists (_Coarse.probes).
+def meeting_need(x: np.ndarray, coarse: _Coarse, threshold: float, shortlist: int = SHORTLIST,
+                 size: int = 2000, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """What each of ``size`` synthetic pairs at the threshold similarity needs to meet: (lists,
+    radius), the fewest lists probed (rank in _Coarse.ranked, shortlist + 1 if beyond it) and the
+    smallest key radius (inf if beyond the shortlist), from whichever side of the pair needs less.
 
     Each sampled vector v gets a copy c v + sqrt(1 - c^2) u at exactly the threshold c, with u
     the part of (v - w) orthogonal to v, w another vector of v's list: a local direction of the
@@ -144,19 +154,35 @@ def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: in
     ok = (norm[:, 0] > 1e-6) & (size_of > 0)
     v, yv, u = v[ok], yv[ok], delta[ok] / norm[ok]
     if len(v) == 0:
-        return np.ones(max_probe)
+        return np.ones(1, np.int64), np.full(1, -np.inf)
     t = min(float(threshold), 1.0)
     copy = (t * v + math.sqrt(max(0.0, 1 - t * t)) * u).astype(np.float32)
-    probe_v = coarse.probes(yv, max_probe)  # (S, P) lists probed, own first
-    probe_c = coarse.probes(coarse.project(copy), max_probe)
-    big = max_probe + 1
+    lists_v, keys_v = coarse.ranked(yv, shortlist)
+    lists_c, keys_c = coarse.ranked(coarse.project(copy), shortlist)
 
-    def rank(probes, target):  # position of target in each row of probes, or big
-        hit = probes == target[:, None]
-        return np.where(hit.any(1), hit.argmax(1), big)
+    def find(lists, keys, target):  # (rank, key) of target in each row: (shortlist + 1, inf) if absent
+        hit = lists == target[:, None]
+        at, found = hit.argmax(1), hit.any(1)
+        return np.where(found, at + 1, lists.shape[1] + 1), np.where(found, keys[np.arange(len(keys)), at], np.inf)
 
-    need = np.minimum(rank(probe_v, probe_c[:, 0]), rank(probe_c, probe_v[:, 0])) + 1
+    (rank_v, key_v), (rank_c, key_c) = find(lists_v, keys_v, lists_c[:, 0]), find(lists_c, keys_c, lists_v[:, 0])
+    return np.minimum(rank_v, rank_c), np.minimum(key_v, key_c)
+
+
+def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: int, size: int = 2000,
+                 seed: int = 1) -> np.ndarray:
+    """recall[p - 1] for p = 1..max_probe: share of synthetic pairs at the threshold similarity
+    (meeting_need) that meet when every vector probes its first p lists."""
+    need = meeting_need(x, coarse, threshold, max(SHORTLIST, max_probe), size, seed)[0]
     return np.array([(need <= p).mean() for p in range(1, max_probe + 1)])
+
+
+def calibrated_radius(need: np.ndarray, target: float) -> float:
+    """The smallest key radius at which a ``target`` share of the pairs meet (inf: not reached
+    within the shortlist, which is then probed whole)."""
+    ranked = np.sort(need)
+    k = max(1, math.ceil(target * len(ranked)))
+    return float(ranked[k - 1]) if k <= len(ranked) and np.isfinite(ranked[k - 1]) else math.inf
 
 
 def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nlist: Optional[int] = None,
@@ -166,8 +192,9 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
     """Pairs at or above ``threshold`` through an inverted file; see the module docstring.
 
     ``x``: (N, d) unit rows, an array or a VectorFile. ``pca_dim`` -1: the default for d (128
-    above 128, else none); None: no PCA. ``nprobe`` None: the smallest value whose calibrated
-    recall reaches ``target_recall``. ``codes``: float32 or float16 (default: float16 for a
+    above 128, else none); None: no PCA. ``nprobe`` None: each vector probes the lists within the
+    smallest boundary radius whose calibrated recall reaches ``target_recall``; a number: that
+    many lists per vector. ``max_probe``: the shortlist of lists ranked per vector. ``codes``: float32 or float16 (default: float16 for a
     VectorFile, float32 for an array). ``block_entries``: the largest distance block of one list
     (probing vectors x members), 64 MB of float32 by default."""
     t0 = time.perf_counter()
@@ -185,30 +212,40 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
         coarse = _Coarse(x, nlist, pca_dim, int(train_size or min(n, 40 * nlist)), seed)
         t_train = time.perf_counter() - t0
 
-        recall = recall_curve(x, coarse, threshold, min(max_probe, nlist), seed=seed + 1)
+        # which lists each vector probes: by default every list of its shortlist whose key is
+        # within the radius that meets target_recall of the calibration pairs (a vector deep in its
+        # list probes few, one near many boundaries more); with nprobe, its first nprobe lists
+        shortlist = min(nlist, max(max_probe, nprobe or 0))
+        need_lists, need_radius = meeting_need(x, coarse, threshold, shortlist, seed=seed + 1)
         if nprobe is None:
-            reach = np.nonzero(recall >= target_recall)[0]
-            nprobe = int(reach[0] + 1) if len(reach) else len(recall)
-        nprobe = int(min(max(1, nprobe), nlist))
-        expected = 1.0 if nprobe >= nlist else float(recall[min(nprobe, len(recall)) - 1])
+            radius, cap = calibrated_radius(need_radius, target_recall), shortlist
+            expected = 1.0 if shortlist >= nlist and math.isinf(radius) else float((need_radius <= radius).mean())
+        else:
+            radius, cap = math.inf, int(min(max(1, nprobe), nlist))
+            expected = 1.0 if cap >= nlist else float((need_lists <= cap).mean())
 
-        # project everything and find the nprobe lists each vector probes, chunk by chunk:
-        # y (N, d_pca + 2) float32 rows [y, |y|^2 / 2, 1], probe (N, nprobe) int32, own list first
-        # (float16 codes: y rows [y, -, 1] and the half norms of the rounded codes beside them in float32)
+        # project everything and pick the lists each vector probes, chunk by chunk:
+        # y (N, d_pca + 2) float32 rows [y, |y|^2 / 2, 1], own (N,) each vector's list, and the
+        # (vector, list) probes; float16 codes: y rows [y, -, 1] and the half norms of the rounded
+        # codes beside them in float32
         dim = coarse.dim
         y = np.empty((n, dim + 2), np.float32 if codes == "float32" else np.float16)
         half = None if codes == "float32" else np.empty(n, np.float32)
-        probe = np.empty((n, nprobe), np.int32)
+        own = np.empty(n, np.int64)
+        index_type = np.int32 if n < 2**31 else np.int64
 
-        def assign(s: int) -> None:
+        def assign(s: int) -> tuple[np.ndarray, np.ndarray]:
             part = coarse.project(x[s:s + chunk])
-            probe[s:s + chunk] = coarse.probes(part, nprobe)
+            lists, keys = coarse.ranked(part, shortlist)
+            own[s:s + chunk] = lists[:, 0]
+            rows, cols = np.nonzero(keys[:, :cap] <= radius)
             if half is not None:
                 part = part.astype(np.float16).astype(np.float32)
                 half[s:s + chunk] = 0.5 * np.einsum("ij,ij->i", part, part)
             y[s:s + chunk, :dim] = part
             y[s:s + chunk, dim] = 0.5 * np.einsum("ij,ij->i", part, part)
             y[s:s + chunk, dim + 1] = 1.0
+            return (rows + s).astype(index_type), lists[rows, cols].astype(np.int32)
 
         def code_rows(ids: np.ndarray) -> np.ndarray:
             rows = y[ids]
@@ -217,20 +254,23 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
                 rows[:, dim] = half[ids]
             return rows
 
-        list(pool.map(assign, range(0, n, chunk)))
+        parts = list(pool.map(assign, range(0, n, chunk)))
+        probe_vector = np.concatenate([p[0] for p in parts])
+        probe_list = np.concatenate([p[1] for p in parts])
+        del parts
+        n_probes = len(probe_list)
         t_assign = time.perf_counter() - t0 - t_train
 
         # members of each list, and the vectors probing each list (its members among them)
-        lists = probe[:, 0].astype(np.int64)
+        lists = own
         order = np.argsort(lists, kind="stable")
         starts = np.searchsorted(lists[order], np.arange(nlist + 1))
         members = [order[starts[i]:starts[i + 1]] for i in range(nlist)]
         position = np.empty(n, np.int64)  # each vector's place among its list's members
         position[order] = np.arange(n) - starts[lists[order]]
-        flat = probe.ravel()
-        by_list = np.argsort(flat, kind="stable")
-        pstarts = np.searchsorted(flat[by_list], np.arange(nlist + 1))
-        del flat
+        by_list = np.argsort(probe_list, kind="stable")
+        pstarts = np.searchsorted(probe_list[by_list], np.arange(nlist + 1))
+        del probe_list
         bound = 1.0 - (threshold - TOL) + (HALF_SLACK if half is not None else 0.0)  # the PCA distance bound
 
         def scan(li: int):
@@ -239,7 +279,7 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
             cols = members[li]
             if len(cols) == 0:
                 return None
-            probing = by_list[pstarts[li]:pstarts[li + 1]] // nprobe  # (Q,) vectors probing li
+            probing = probe_vector[by_list[pstarts[li]:pstarts[li + 1]]].astype(np.int64)  # (Q,) vectors probing li
             c = code_rows(cols)  # rows [-y_j, 1, |y_j|^2 / 2], so that one product gives the distances
             c[:, :dim] *= -1
             c[:, dim:] = c[:, [dim + 1, dim]]
@@ -274,7 +314,7 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
                 best[ids[better]] = dist[better]
                 best_id[ids[better]] = cand[better]
         n_cand = sum(len(c) for c in cand_a)
-        del y, half, probe, by_list
+        del y, half, probe_vector, by_list
         t_lists = time.perf_counter() - t0 - t_train - t_assign
 
         # exact check of the candidates, and of each vector's nearest candidate, on the full vectors
@@ -299,11 +339,16 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
         np.maximum.at(nearest, pairs[:, 0], sims)
         np.maximum.at(nearest, pairs[:, 1], sims)
     seconds = time.perf_counter() - t0
-    params = {"n": n, "dim": d, "nlist": nlist, "nprobe": nprobe, "pca_dim": coarse.dim if coarse.components is not None else None,
+    mean_probes = n_probes / max(n, 1)
+    params = {"n": n, "dim": d, "nlist": nlist, "nprobe": cap if math.isinf(radius) else round(mean_probes, 2),
+              "radius": None if math.isinf(radius) else round(radius, 5), "shortlist": shortlist,
+              "pca_dim": coarse.dim if coarse.components is not None else None,
               "train_size": len(coarse.sample), "candidates": int(n_cand), "codes": codes,
               "timing_s": {"train": round(t_train, 2), "assign": round(t_assign, 2), "lists": round(t_lists, 2),
                            "check": round(seconds - t_train - t_assign - t_lists, 2)}}
-    note = (f"inverted file ({nlist} lists, nprobe {nprobe}): expected recall {expected:.3f}, calibrated on "
+    probing = (f"nprobe {cap}" if math.isinf(radius) else
+               f"each vector probing the lists whose boundary is within {radius:.4f} of it, {mean_probes:.1f} on average")
+    note = (f"inverted file ({nlist} lists, {probing}): expected recall {expected:.3f}, calibrated on "
             f"synthetic pairs at exactly the threshold (closer pairs are found more often); similarities are exact")
     return PairSearch(pairs, sims, nearest, "ivf", params, expected, note, seconds)
 
