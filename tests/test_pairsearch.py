@@ -225,5 +225,8 @@ def test_default_search_probes_a_calibrated_radius_and_a_fixed_nprobe_probes_tha
     assert "boundary is within" in adaptive.recall_note
     found = set(map(tuple, adaptive.pairs.tolist()))
     assert truth <= found <= exact
+    own_only = ivf_search(x, 0.95, nlist=40, max_probe=1)  # the target is out of reach: no radius, and
+    assert own_only.params["radius"] is None and own_only.params["nprobe"] == 1  # the recall says what
+    assert own_only.expected_recall < 0.98  # the own lists alone hold, not 1
     fixed = ivf_search(x, 0.95, nlist=40, nprobe=3)
     assert fixed.params["radius"] is None and fixed.params["nprobe"] == 3 and "nprobe 3" in fixed.recall_note
