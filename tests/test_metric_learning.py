@@ -167,8 +167,8 @@ def test_randaugment_at_full_magnitude_posterizes_to_one_bit_not_zero():
 def test_metric_configs_parse(name, zoo_cli):
     code, out, err = zoo_cli("fit", "--config", CONFIGS / f"{name}.yaml", "--print_config")
     assert code == 0, err
-    assert "loss: multisimilarity" in out and "lr_schedule: cosine" in out and "auto_augment: rand-m9-mstd0.5-inc1" in out
-    assert "projection: linear" in out and "layer_decay: 0.7" in out
+    assert "loss: proxyanchor" in out and "loss_lr_scale: 100.0" in out and "lr_schedule: cosine" in out and "auto_augment: rand-m9-mstd0.5-inc1" in out
+    assert "projection: linear" in out and "layer_decay: 0.8" in out
 
 
 def test_fit_with_proxies_schedule_and_randaugment_then_the_checkpoint_reloads(tmp_path, zoo_cli):
