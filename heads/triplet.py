@@ -125,10 +125,14 @@ class TripletHead(Head):
         loss_options: Optional[dict] = None,
         loss_lr_scale: float = 1.0,
         search_on: Literal["projection", "features"] = "projection",
+        koleo_over: Literal["labels", "images"] = "labels",
     ):
         """embedding_dim: the mlp's output (default 128); the other projections keep
         in_features, and an embedding_dim other than that is an error. koleo_weight: adds
-        that many times the KoLeo entropy regulariser (``koleo_loss``) to the loss.
+        that many times the KoLeo entropy regulariser (``koleo_loss``) to the loss, spreading
+        each image from its nearest neighbour of another label (``koleo_over: labels``: other
+        copies, other classes) or from its nearest other image whatever its class
+        (``images``: same-class photos kept apart too, so the space is not squeezed).
         search_on: what the model embeds for search: the normalised projection the loss
         trains ("projection"), or the backbone features the projection starts from
         ("features", as SimCLR and SupCon keep the encoder's output): the loss shapes the
@@ -165,6 +169,9 @@ class TripletHead(Head):
             raise ZooError(f"head 'triplet': temperature {temperature} must be positive")
         if koleo_weight < 0:
             raise ZooError(f"head 'triplet': koleo_weight {koleo_weight} must not be negative")
+        if koleo_over not in ("labels", "images"):
+            raise ZooError(f"head 'triplet': koleo_over '{koleo_over}' is not one of labels, images")
+        self.koleo_over = koleo_over
         if search_on not in ("projection", "features"):
             raise ZooError(f"head 'triplet': search_on '{search_on}' is not one of projection, features")
         self.loss_name, self.temperature, self.koleo_weight = loss, temperature, koleo_weight
@@ -194,7 +201,7 @@ class TripletHead(Head):
         else:
             loss = self.loss_fn(emb, labels)
         if self.koleo_weight:
-            koleo = koleo_loss(emb, labels)
+            koleo = koleo_loss(emb, labels if self.koleo_over == "labels" else torch.arange(len(emb), device=emb.device))
             logs["koleo"] = koleo.detach()
             loss = loss + self.koleo_weight * koleo
         return loss, logs

@@ -73,6 +73,25 @@ def test_search_on_features_trains_the_projection_and_embeds_the_features():
         TripletHead(32, search_on="pixels")
 
 
+def test_koleo_over_images_spreads_same_class_photos_too():
+    """koleo_over: labels measures each image's nearest neighbour of another label; images,
+    its nearest other image: two same-class photos at the same point cost nothing in the first
+    and a large -log(distance) in the second."""
+    emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1e-3], [0.0, 1.0], [-1.0, 0.0]]), dim=1)
+    labels = torch.tensor([0, 0, 1, 2])
+    by_label = TripletHead(2, projection="identity", loss="multisimilarity", koleo_weight=1.0)
+    by_image = TripletHead(2, projection="identity", loss="multisimilarity", koleo_weight=1.0, koleo_over="images")
+    _, logs_label = by_label.training_loss(emb, None, labels)
+    _, logs_image = by_image.training_loss(emb, None, labels)
+    # by label: every image's nearest other-label image is at distance sqrt(2) (90 degrees)
+    assert logs_label["koleo"].item() == pytest.approx(-math.log(math.sqrt(2)), abs=1e-3)
+    # by image: the two near-identical photos are 1e-3 apart
+    expected = -(2 * math.log(1e-3) + 2 * math.log(math.sqrt(2))) / 4
+    assert logs_image["koleo"].item() == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ZooError, match="koleo_over 'classes' is not one of labels, images"):
+        TripletHead(2, koleo_over="classes")
+
+
 def test_loss_options_are_checked():
     with pytest.raises(ZooError, match="loss 'proxyanchor' learns one vector per class and needs num_classes"):
         TripletHead(32, projection="linear", loss="proxyanchor")
