@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_food7.py [--images ../shared/data/food7] [--test-fraction 0.4]
         [--config configs/metric/mobilenetv2_shared.yaml [configs/triplet/mobilenetv2_shared.yaml ...]]
-        [--seeds 3] [--epochs 4] [--work runs/finetune] [--overwrite] [--wandb]
+        [--seeds 3] [--epochs N] [--work runs/finetune] [--overwrite] [--wandb]
 
 For each seed s (0 .. --seeds - 1): each class is split (seeded by s) into train and test photos;
 ``zoo fit`` trains every --config on the train photos (its own validation split is taken from
@@ -85,7 +85,8 @@ def run_seed(args, seed: int, work: Path) -> list[dict]:
     for config in args.config:
         run = work / recipe_name(config).replace("/", "-")
         t = time.perf_counter()
-        code = zoo(["fit", "--config", config, "--data.root", str(train), "--trainer.max_epochs", str(args.epochs),
+        epochs = ["--trainer.max_epochs", str(args.epochs)] if args.epochs is not None else []
+        code = zoo(["fit", "--config", config, "--data.root", str(train), *epochs,
                     "--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed), "--trainer.default_root_dir", str(run),
                     "--trainer.logger.init_args.save_dir", str(run)])
         train_s = time.perf_counter() - t
@@ -156,7 +157,7 @@ def main() -> None:
     p.add_argument("--config", nargs="+", default=[str(ROOT / "configs" / "metric" / "mobilenetv2_shared.yaml")],
                    help="training configs to compare (the first one's backbone is the frozen baseline)")
     p.add_argument("--test-fraction", type=float, default=0.4)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: each config's max_epochs)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (split and training)")
     p.add_argument("--seed", type=int, default=None, help="run this one seed only")
     p.add_argument("--work", default="runs/finetune")
@@ -177,7 +178,7 @@ def main() -> None:
     summary = summarise(rows)
     first = rows[0]
     text = (f"{args.images}: train {first['train_photos']} photos, test {first['queries']} photos (leave-one-out), "
-            f"{args.epochs} epochs, {torch.get_num_threads()} threads, seeds {seeds}\n\n{table(summary, len(seeds))}\n\n"
+            f"{args.epochs or 'the configs'} epochs, {torch.get_num_threads()} threads, seeds {seeds}\n\n{table(summary, len(seeds))}\n\n"
             f"{targets(summary)}\n")
     (work / "summary.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
     (work / "summary.md").write_text(text)

@@ -124,10 +124,20 @@ class TripletHead(Head):
         num_classes: Optional[int] = None,
         loss_options: Optional[dict] = None,
         loss_lr_scale: float = 1.0,
+        search_on: Literal["projection", "features"] = "projection",
+        koleo_over: Literal["labels", "images"] = "labels",
     ):
         """embedding_dim: the mlp's output (default 128); the other projections keep
         in_features, and an embedding_dim other than that is an error. koleo_weight: adds
-        that many times the KoLeo entropy regulariser (``koleo_loss``) to the loss."""
+        that many times the KoLeo entropy regulariser (``koleo_loss``) to the loss, spreading
+        each image from its nearest neighbour of another label (``koleo_over: labels``: other
+        copies, other classes) or from its nearest other image whatever its class
+        (``images``: same-class photos kept apart too, so the space is not squeezed).
+        search_on: what the model embeds for search: the normalised projection the loss
+        trains ("projection"), or the backbone features the projection starts from
+        ("features", as SimCLR and SupCon keep the encoder's output): the loss shapes the
+        backbone through the projection, which takes up the pull of same-class photos
+        together, so the searched space keeps photos apart."""
         super().__init__()
         if in_features is None:
             raise ZooError("head 'triplet' needs a backbone")
@@ -159,25 +169,39 @@ class TripletHead(Head):
             raise ZooError(f"head 'triplet': temperature {temperature} must be positive")
         if koleo_weight < 0:
             raise ZooError(f"head 'triplet': koleo_weight {koleo_weight} must not be negative")
+        if koleo_over not in ("labels", "images"):
+            raise ZooError(f"head 'triplet': koleo_over '{koleo_over}' is not one of labels, images")
+        self.koleo_over = koleo_over
+        if search_on not in ("projection", "features"):
+            raise ZooError(f"head 'triplet': search_on '{search_on}' is not one of projection, features")
         self.loss_name, self.temperature, self.koleo_weight = loss, temperature, koleo_weight
+        self.search_on, self.loss_dim = search_on, self.dim
+        if search_on == "features":
+            self.dim = in_features  # what the model embeds
 
         self.num_classes, self.loss_lr_scale = num_classes, loss_lr_scale
-        self.loss_fn, self.miner = build_loss(loss, self.dim, margin, mining, temperature, num_classes, loss_options)
+        self.loss_fn, self.miner = build_loss(loss, self.loss_dim, margin, mining, temperature, num_classes, loss_options)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The embeddings the loss trains: the projection, L2-normalised (B, embedding_dim)."""
+        return F.normalize(self.mlp(features.float()), dim=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(features.float()), dim=1)  # (B, embedding_dim)
+        if self.search_on == "features":
+            return F.normalize(features.float(), dim=1)  # (B, in_features)
+        return self.project(features)  # (B, embedding_dim)
 
     def training_loss(self, features, images, labels: Optional[torch.Tensor]):
         if labels is None:
             raise ZooError("the triplet head needs labels or augmentation pairs in each batch")
-        emb = self(features)
+        emb = self.project(features)
         logs = {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
         if self.miner is not None:
             loss = self.loss_fn(emb, labels, self.miner(emb, labels))
         else:
             loss = self.loss_fn(emb, labels)
         if self.koleo_weight:
-            koleo = koleo_loss(emb, labels)
+            koleo = koleo_loss(emb, labels if self.koleo_over == "labels" else torch.arange(len(emb), device=emb.device))
             logs["koleo"] = koleo.detach()
             loss = loss + self.koleo_weight * koleo
         return loss, logs

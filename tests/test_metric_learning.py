@@ -49,6 +49,49 @@ def test_each_loss_builds_and_one_step_lowers_it(loss):
     assert after.item() < before.item()
 
 
+def test_search_on_features_trains_the_projection_and_embeds_the_features():
+    """search_on: features: the loss trains the projection (and, through it, whatever makes the
+    features), while the model embeds the normalised features the projection starts from."""
+    torch.manual_seed(0)
+    head = TripletHead(32, embedding_dim=8, loss="multisimilarity", search_on="features")
+    assert head.dim == 32 and head.loss_dim == 8
+    feats, labels = batch()
+    feats.requires_grad_(True)
+    assert torch.allclose(head(feats), torch.nn.functional.normalize(feats, dim=1))
+    assert head.project(feats).shape == (16, 8)
+    loss, _ = head.training_loss(feats, None, labels)
+    loss.backward()
+    assert feats.grad.abs().sum() > 0  # the backbone learns through the projection
+    before = head(feats).detach().clone()
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    opt.step()
+    assert torch.equal(head(feats).detach(), before)  # the projection is not what is searched
+    assert head.training_loss(feats, None, labels)[0].item() < loss.item()
+    default = TripletHead(32, embedding_dim=8)
+    assert default.dim == 8 and default(feats).shape == (16, 8)
+    with pytest.raises(ZooError, match="search_on 'pixels' is not one of projection, features"):
+        TripletHead(32, search_on="pixels")
+
+
+def test_koleo_over_images_spreads_same_class_photos_too():
+    """koleo_over: labels measures each image's nearest neighbour of another label; images,
+    its nearest other image: two same-class photos at the same point cost nothing in the first
+    and a large -log(distance) in the second."""
+    emb = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1e-3], [0.0, 1.0], [-1.0, 0.0]]), dim=1)
+    labels = torch.tensor([0, 0, 1, 2])
+    by_label = TripletHead(2, projection="identity", loss="multisimilarity", koleo_weight=1.0)
+    by_image = TripletHead(2, projection="identity", loss="multisimilarity", koleo_weight=1.0, koleo_over="images")
+    _, logs_label = by_label.training_loss(emb, None, labels)
+    _, logs_image = by_image.training_loss(emb, None, labels)
+    # by label: every image's nearest other-label image is at distance sqrt(2) (90 degrees)
+    assert logs_label["koleo"].item() == pytest.approx(-math.log(math.sqrt(2)), abs=1e-3)
+    # by image: the two near-identical photos are 1e-3 apart
+    expected = -(2 * math.log(1e-3) + 2 * math.log(math.sqrt(2))) / 4
+    assert logs_image["koleo"].item() == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ZooError, match="koleo_over 'classes' is not one of labels, images"):
+        TripletHead(2, koleo_over="classes")
+
+
 def test_loss_options_are_checked():
     with pytest.raises(ZooError, match="loss 'proxyanchor' learns one vector per class and needs num_classes"):
         TripletHead(32, projection="linear", loss="proxyanchor")
@@ -119,12 +162,32 @@ def test_randaugment_from_timm(tmp_path):
         ZooDataModule(root=str(tmp_path), auto_augment="rand-m9", crop_scale=(0.0, 1.0))
 
 
+def test_randaugment_at_full_magnitude_posterizes_to_one_bit_not_zero():
+    """timm's increasing posterize asks for 0 bits at magnitude 10, which Pillow refuses (a
+    ValueError in a loader worker ended a training); zoo keeps one bit."""
+    from PIL import ImageOps
+
+    from zoo.data.augment import timm_augmentation
+
+    cfg = {"input_size": (3, 40, 40), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear"}
+    t = timm_augmentation(cfg, "rand-m10-n1-inc1")
+    ra = next(s for s in t.transforms if type(s).__name__ == "RandAugment")
+    ra.ops = [op for op in ra.ops if op.name == "PosterizeIncreasing"]
+    ra.ops[0].prob = 1.0  # always applied
+    assert len(ra.ops) == 1 and ra.ops[0].level_fn(10.0, ra.ops[0].hparams) == (0,)  # timm asks for 0 bits
+    image = Image.radial_gradient("L").convert("RGB")
+    with pytest.raises(ValueError):
+        ImageOps.posterize(image, 0)
+    out = ra(image)
+    assert out.getextrema() == ImageOps.posterize(image, 1).getextrema() == ((0, 128),) * 3
+
+
 @pytest.mark.parametrize("name", ["mobilenetv2_shared", "resnet50", "vgg16", "inception_resnet_v2"])
 def test_metric_configs_parse(name, zoo_cli):
     code, out, err = zoo_cli("fit", "--config", CONFIGS / f"{name}.yaml", "--print_config")
     assert code == 0, err
-    assert "loss: multisimilarity" in out and "lr_schedule: cosine" in out and "auto_augment: rand-m9-mstd0.5-inc1" in out
-    assert "projection: linear" in out and "layer_decay: 0.7" in out
+    assert "loss: proxyanchor" in out and "loss_lr_scale: 100.0" in out and "lr_schedule: cosine" in out and "auto_augment: rand-m9-mstd0.5-inc1" in out
+    assert "projection: linear" in out and "layer_decay: 0.8" in out
 
 
 def test_fit_with_proxies_schedule_and_randaugment_then_the_checkpoint_reloads(tmp_path, zoo_cli):

@@ -195,10 +195,26 @@ def timm_augmentation(data_config: dict[str, Any], auto_augment: str, scale: Seq
     if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
         raise ZooError(f"crop_scale {list(scale)}: [low, high] shares of the area in (0, 1] are expected")
     try:
-        return timm.data.create_transform(
+        transform = timm.data.create_transform(
             input_size=tuple(data_config["input_size"]), is_training=True, scale=tuple(scale), hflip=0.5,
             auto_augment=auto_augment, interpolation=data_config.get("interpolation", "bilinear"),
             mean=tuple(data_config["mean"]), std=tuple(data_config["std"]))
     except (AssertionError, KeyError, ValueError, IndexError) as e:
         raise ZooError(f"auto_augment {auto_augment!r}: not a timm policy ({type(e).__name__}: {str(e)[:100]}); "
                        f"e.g. rand-m9-mstd0.5-inc1, original, augmix-m5-w4-d2") from None
+    from timm.data import auto_augment as policies
+
+    for step in getattr(transform, "transforms", []):  # RandAugment / AutoAugment hold their ops
+        for op in [*getattr(step, "ops", []), *[o for ops in getattr(step, "policy", []) for o in ops]]:
+            if getattr(op, "aug_fn", None) is policies.posterize:
+                op.aug_fn = posterize_at_least_one_bit
+    return transform
+
+
+def posterize_at_least_one_bit(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize, keeping at least one bit: at full magnitude timm asks for 0 bits
+    (``rand-m9-mstd0.5-inc1`` does now and then), which Pillow refuses with a ValueError in a
+    loader worker, ending the training."""
+    from timm.data import auto_augment as policies
+
+    return policies.posterize(image, max(int(bits_to_keep), 1))
