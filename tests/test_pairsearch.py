@@ -201,11 +201,10 @@ def test_lists_are_probed_in_order_of_the_distance_to_their_boundary():
     coarse.sq_norms = (coarse.centroids ** 2).sum(1)
     y = np.array([[1, 0]], np.float32)
     assert coarse.quantizer.search(y, 3)[1].tolist() == [[0, 2, 1]]  # by centre distance
-    assert coarse.probes(y, 3).tolist() == [[0, 1, 2]]  # by boundary distance
-    assert coarse.probes(y, 1).tolist() == [[0]]
-    assert coarse.probes(y, 2, shortlist=2).tolist() == [[0, 2]]  # only the shortlist is ranked
     lists, keys = coarse.ranked(y, 3)
-    assert lists.tolist() == [[0, 1, 2]] and keys[0, 0] == -np.inf
+    assert lists.tolist() == [[0, 1, 2]] and keys[0, 0] == -np.inf  # by boundary distance
+    assert coarse.ranked(y, 1)[0].tolist() == [[0]]
+    assert coarse.ranked(y, 2)[0].tolist() == [[0, 2]]  # only the shortlist is ranked
     assert np.allclose(keys[0, 1:], [1.0, 1.25])  # (9 - 1) / (2 * 4), (7.25 - 1) / (2 * 2.5)
 
 

@@ -202,11 +202,9 @@ def timm_augmentation(data_config: dict[str, Any], auto_augment: str, scale: Seq
     except (AssertionError, KeyError, ValueError, IndexError) as e:
         raise ZooError(f"auto_augment {auto_augment!r}: not a timm policy ({type(e).__name__}: {str(e)[:100]}); "
                        f"e.g. rand-m9-mstd0.5-inc1, original, augmix-m5-w4-d2") from None
-    from timm.data import auto_augment as policies
-
     for step in getattr(transform, "transforms", []):  # RandAugment / AutoAugment hold their ops
         for op in [*getattr(step, "ops", []), *[o for ops in getattr(step, "policy", []) for o in ops]]:
-            if getattr(op, "aug_fn", None) is policies.posterize:
+            if getattr(op, "aug_fn", None) is timm.data.auto_augment.posterize:
                 op.aug_fn = posterize_at_least_one_bit
     return transform
 

@@ -5,10 +5,11 @@ The PCA (top eigenvectors of a sample's covariance) and the coarse k-means (``fa
 are trained on a sample; every vector goes to its nearest list and probes its own list and the
 lists of its shortlist (the 64 nearest centres) whose boundary with its own list lies within a
 calibrated radius (_Coarse.ranked): a vector deep inside its list probes few, one near many
-boundaries more (at 10M, for the same recall, 16.5 lists on average instead of a fixed 32).
-The vectors probing a list are compared with its members as one matrix product (small products
-on one BLAS thread each, spread over a thread pool). The products run on compact codes: the PCA-reduced vectors, float32, or float16 for vectors on
-disk (half the memory: 10M x 128 dims is 2.6 GB), with a slack on the bound for the rounding.
+boundaries more (10M synthetic vectors: 15.1 lists on average, where a fixed count needed 32
+for the same calibrated recall). The vectors probing a list are compared with its members as
+one matrix product (small products on one BLAS thread each, spread over a thread pool). The
+products run on compact codes: the PCA-reduced vectors, float32, or float16 for vectors on disk
+(half the memory: 10M x 128 dims is 2.6 GB), with a slack on the bound for the rounding.
 A pair survives to the exact check when its PCA-space distance is within the threshold's
 distance: the PCA map is an orthogonal projection, which never lengthens a distance, so this
 bound drops no true pair. Survivors are re-checked with exact cosine on the full vectors (from a
@@ -52,9 +53,9 @@ def ivf_params(n: int, d: int) -> dict:
     """Defaults from the size: PCA to 128 dims above that (at 300k x 1280, 64, 128 and 256 dims
     took 10.6, 11.3 and 15.2 CPU s for the same recall; the bound is lossless at any dim, fewer
     dims only let more candidates through to the exact check); about 2 sqrt(N) lists, at least 40
-    vectors each. The coarse assignment costs N x nlist and the list products N x nprobe x N /
-    nlist, so about sqrt(nprobe N) lists balance them; fewer, larger lists also need a smaller
-    nprobe for the same recall and a smaller k-means sample (40 per list)."""
+    vectors each. The coarse assignment costs N x nlist and the list products N x probes x N /
+    nlist, so about sqrt(probes N) lists balance them; fewer, larger lists also need fewer
+    probes for the same recall and a smaller k-means sample (40 per list)."""
     nlist = int(max(1, min(round(2 * math.sqrt(n)), n // 40)))
     return {"nlist": nlist, "pca_dim": PCA_DIM if d > PCA_DIM else None}
 
@@ -102,8 +103,8 @@ class _Coarse:
         (|y - c_B|^2 - |y - c_A|^2) / (2 |c_B - c_A|) (-inf for the own list), and lists are
         probed by key, among the nearest centres, rather than by the distance to c_B alone. At 2M
         synthetic 1280-d vectors, 2828 lists, this met recall 0.98 of pairs at the threshold with
-        10 lists instead of 14. At 10M (6,325 lists) 32 nearest centres held only 0.973 of the
-        pairs, 64 held 0.984 and 0.98 needed a radius of 16.5 lists on average."""
+        10 lists instead of 14. At 10M (6,325 lists) the 32 nearest centres held only 0.973 of
+        the pairs, the 64 nearest 0.984, and the radius for 0.98 probed 15.1 lists on average."""
         m = min(len(self.centroids), shortlist)
         dist, lists = self.quantizer.search(y, m)  # ascending squared distances, own list first
         key = np.full(lists.shape, -np.inf, np.float32)
@@ -113,11 +114,6 @@ class _Coarse:
             key[:, 1:] = ((dist - dist[:, :1]) / (2 * np.sqrt(np.maximum(gap2, 1e-12))))[:, 1:]
         order = np.argsort(key, axis=1, kind="stable")
         return np.take_along_axis(lists, order, axis=1), np.take_along_axis(key, order, axis=1)
-
-    def probes(self, y: np.ndarray, k: int, shortlist: int = SHORTLIST) -> np.ndarray:
-        """(M, k): the first k lists of ``ranked`` (one shortlist for every k up to it, so that
-        the calibration's first p lists are the search's)."""
-        return self.ranked(y, max(shortlist, k))[0][:, :k]
 
     def project(self, x: np.ndarray) -> np.ndarray:
         """(M, d) -> (M, d_pca) float32."""
@@ -170,14 +166,6 @@ def meeting_need(x: np.ndarray, coarse: _Coarse, threshold: float, shortlist: in
     return np.minimum(rank_v, rank_c), np.minimum(key_v, key_c)
 
 
-def recall_curve(x: np.ndarray, coarse: _Coarse, threshold: float, max_probe: int, size: int = 2000,
-                 seed: int = 1) -> np.ndarray:
-    """recall[p - 1] for p = 1..max_probe: share of synthetic pairs at the threshold similarity
-    (meeting_need) that meet when every vector probes its first p lists."""
-    need = meeting_need(x, coarse, threshold, max(SHORTLIST, max_probe), size, seed)[0]
-    return np.array([(need <= p).mean() for p in range(1, max_probe + 1)])
-
-
 def calibrated_radius(need: np.ndarray, target: float) -> float:
     """The smallest key radius at which a ``target`` share of the pairs meet (inf: not reached
     within the shortlist, which is then probed whole)."""
@@ -195,8 +183,8 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
     ``x``: (N, d) unit rows, an array or a VectorFile. ``pca_dim`` -1: the default for d (128
     above 128, else none); None: no PCA. ``nprobe`` None: each vector probes the lists within the
     smallest boundary radius whose calibrated recall reaches ``target_recall``; a number: that
-    many lists per vector. ``max_probe``: the shortlist of lists ranked per vector. ``codes``: float32 or float16 (default: float16 for a
-    VectorFile, float32 for an array). ``block_entries``: the largest distance block of one list
+    many lists per vector. ``max_probe``: the shortlist of lists ranked per vector. ``codes``:
+    float32 or float16 (default: float16 for a VectorFile, float32 for an array). ``block_entries``: the largest distance block of one list
     (probing vectors x members), 64 MB of float32 by default."""
     t0 = time.perf_counter()
     n, d = x.shape
@@ -243,9 +231,11 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
             rows, cols = np.nonzero(keys[:, :cap] <= radius)
             if half is not None:
                 part = part.astype(np.float16).astype(np.float32)
-                half[s:s + chunk] = 0.5 * np.einsum("ij,ij->i", part, part)
+            half_norms = 0.5 * np.einsum("ij,ij->i", part, part)
+            if half is not None:
+                half[s:s + chunk] = half_norms
             y[s:s + chunk, :dim] = part
-            y[s:s + chunk, dim] = 0.5 * np.einsum("ij,ij->i", part, part)
+            y[s:s + chunk, dim] = half_norms
             y[s:s + chunk, dim + 1] = 1.0
             return (rows + s).astype(index_type), lists[rows, cols].astype(np.int32)
 
@@ -264,12 +254,11 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
         t_assign = time.perf_counter() - t0 - t_train
 
         # members of each list, and the vectors probing each list (its members among them)
-        lists = own
-        order = np.argsort(lists, kind="stable")
-        starts = np.searchsorted(lists[order], np.arange(nlist + 1))
+        order = np.argsort(own, kind="stable")
+        starts = np.searchsorted(own[order], np.arange(nlist + 1))
         members = [order[starts[i]:starts[i + 1]] for i in range(nlist)]
         position = np.empty(n, np.int64)  # each vector's place among its list's members
-        position[order] = np.arange(n) - starts[lists[order]]
+        position[order] = np.arange(n) - starts[own[order]]
         by_list = np.argsort(probe_list, kind="stable")
         pstarts = np.searchsorted(probe_list[by_list], np.arange(nlist + 1))
         del probe_list
@@ -290,7 +279,7 @@ def ivf_search(x: np.ndarray, threshold: float, nprobe: Optional[int] = None, nl
             for s in range(0, len(probing), step):
                 qs = probing[s:s + step]
                 h = code_rows(qs) @ c.T  # (Q, |cols|) |y_i - y_j|^2 / 2
-                mine = np.nonzero(lists[qs] == li)[0]
+                mine = np.nonzero(own[qs] == li)[0]
                 h[mine, position[qs[mine]]] = np.inf  # self
                 # each row's minimum first (the probing vector's nearest candidate here); the
                 # threshold test then runs only on the few rows whose minimum passes it

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 
 from zoo.dedup.groups import check_grouping
-from zoo.dedup.ivfpairs import PCA_DIM, TARGET_RECALL, _Coarse, ivf_params, ivf_search, recall_curve  # noqa: F401
+from zoo.dedup.ivfpairs import PCA_DIM, TARGET_RECALL, _Coarse, ivf_params, ivf_search  # noqa: F401
 from zoo.dedup.pairbase import TOL, PairSearch, _finish, _single_threaded_libraries, _threads
 from zoo.errors import ZooError
 from zoo.index.vecfile import VectorFile

@@ -31,9 +31,9 @@ from zoo.index.factory import (
     check_search_knobs,
     default_search_params,
     new_faiss_index,
-    search as faiss_search,
     normalised,
     remove_ids,
+    search as faiss_search,
     set_search_params,
     train_index,
 )

@@ -11,7 +11,8 @@ endian, the shape 2-d, and the file exactly as long as the header says; anything
 one-line ZooError. Rows come back as float32 copies: ``vf[a:b]`` (a sequential read with
 ``pread``: page cache only, nothing stays in the process), ``vf[rows]`` (a gather through a
 memory map opened for that call without read-ahead and closed after it, so only the rows'
-pages are read and they leave the process's resident set with it). Memory stays O(what was asked for).
+pages are read and they leave the process's resident set with it). Memory stays O(what was
+asked for).
 """
 from __future__ import annotations
 
