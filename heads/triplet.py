@@ -126,6 +126,8 @@ class TripletHead(Head):
         loss_lr_scale: float = 1.0,
         search_on: Literal["projection", "features"] = "projection",
         koleo_over: Literal["labels", "images"] = "labels",
+        center: bool = False,
+        center_momentum: float = 0.9,
     ):
         """embedding_dim: the mlp's output (default 128); the other projections keep
         in_features, and an embedding_dim other than that is an error. koleo_weight: adds
@@ -137,7 +139,14 @@ class TripletHead(Head):
         trains ("projection"), or the backbone features the projection starts from
         ("features", as SimCLR and SupCon keep the encoder's output): the loss shapes the
         backbone through the projection, which takes up the pull of same-class photos
-        together, so the searched space keeps photos apart."""
+        together, so the searched space keeps photos apart.
+        center: the searched vectors are centred before their final normalisation: the head
+        keeps a running mean of the normalised search vectors over the training batches
+        (exponential, ``center_momentum`` per step; a buffer saved with the model) and
+        subtracts it, as DINO centres its outputs. A trained space shares one direction that
+        pulls every photo towards every other (a median nearest-neighbour cosine of 0.96 on
+        food7); removing it keeps the ranking's classes and lets cosine thresholds mean
+        something again. The loss sees the uncentred projection."""
         super().__init__()
         if in_features is None:
             raise ZooError("head 'triplet' needs a backbone")
@@ -179,6 +188,13 @@ class TripletHead(Head):
         if search_on == "features":
             self.dim = in_features  # what the model embeds
 
+        if not 0.0 <= center_momentum < 1.0:
+            raise ZooError(f"head 'triplet': center_momentum {center_momentum} must be in [0, 1)")
+        self.center, self.center_momentum = center, center_momentum
+        if center:  # only then: checkpoints of uncentred heads keep loading strictly
+            self.register_buffer("running_center", torch.zeros(self.dim))
+            self.register_buffer("center_updates", torch.zeros((), dtype=torch.long))
+
         self.num_classes, self.loss_lr_scale = num_classes, loss_lr_scale
         self.loss_fn, self.miner = build_loss(loss, self.loss_dim, margin, mining, temperature, num_classes, loss_options)
 
@@ -186,15 +202,32 @@ class TripletHead(Head):
         """The embeddings the loss trains: the projection, L2-normalised (B, embedding_dim)."""
         return F.normalize(self.mlp(features.float()), dim=1)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def searched(self, features: torch.Tensor) -> torch.Tensor:
+        """The search vectors before centring: normalised features or projection (B, dim)."""
         if self.search_on == "features":
             return F.normalize(features.float(), dim=1)  # (B, in_features)
         return self.project(features)  # (B, embedding_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.searched(features)
+        if self.center:
+            out = F.normalize(out - self.running_center, dim=1)
+        return out
+
+    @torch.no_grad()
+    def update_center(self, searched: torch.Tensor) -> None:
+        """Move the running centre towards this batch's mean search vector (the first batch sets it)."""
+        mean = searched.detach().float().mean(dim=0)
+        m = self.center_momentum if int(self.center_updates) else 0.0
+        self.running_center.mul_(m).add_(mean, alpha=1.0 - m)
+        self.center_updates += 1
 
     def training_loss(self, features, images, labels: Optional[torch.Tensor]):
         if labels is None:
             raise ZooError("the triplet head needs labels or augmentation pairs in each batch")
         emb = self.project(features)
+        if self.center and self.training:  # validation's loss leaves the centre alone
+            self.update_center(emb if self.search_on == "projection" else F.normalize(features.float(), dim=1))
         logs = {"triplet_acc": triplet_accuracy(emb.detach(), labels)}
         if self.miner is not None:
             loss = self.loss_fn(emb, labels, self.miner(emb, labels))

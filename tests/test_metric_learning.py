@@ -92,6 +92,35 @@ def test_koleo_over_images_spreads_same_class_photos_too():
         TripletHead(2, koleo_over="classes")
 
 
+def test_center_subtracts_the_running_mean_of_the_training_batches():
+    """center: the first training batch sets the centre to its mean search vector, later ones
+    move it by (1 - momentum); the search vectors are the normalised difference; validation's
+    loss leaves it alone; the centre travels in the state dict, and an uncentred head has none
+    (its checkpoints load as before)."""
+    head = TripletHead(2, projection="identity", loss="multisimilarity", center=True, center_momentum=0.5)
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # normalised rows; their mean is (0.5, 0.5)
+    labels = torch.tensor([0, 1])
+    assert torch.equal(head(a), a)  # before training: a zero centre changes nothing
+    head.train()
+    head.training_loss(a, None, labels)
+    assert torch.allclose(head.running_center, torch.tensor([0.5, 0.5]))
+    # (1, 0) - (0.5, 0.5) = (0.5, -0.5) -> (0.7071, -0.7071): the two photos now point apart
+    assert torch.allclose(head(a), torch.tensor([[1.0, -1.0], [-1.0, 1.0]]) / math.sqrt(2))
+    head.training_loss(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), None, labels)  # mean (1, 0)
+    assert torch.allclose(head.running_center, torch.tensor([0.75, 0.25]))  # 0.5 * old + 0.5 * new
+    head.eval()
+    head.training_loss(torch.tensor([[0.0, 1.0], [0.0, 1.0]]), None, labels)
+    assert torch.allclose(head.running_center, torch.tensor([0.75, 0.25]))
+    state = head.state_dict()
+    assert set(state) >= {"running_center", "center_updates"} and int(state["center_updates"]) == 2
+    again = TripletHead(2, projection="identity", loss="multisimilarity", center=True)
+    again.load_state_dict(state, strict=True)
+    assert torch.equal(again(a), head(a))
+    assert "running_center" not in TripletHead(2, projection="identity", loss="multisimilarity").state_dict()
+    with pytest.raises(ZooError, match=r"center_momentum 1.0 must be in \[0, 1\)"):
+        TripletHead(2, center=True, center_momentum=1.0)
+
+
 def test_loss_options_are_checked():
     with pytest.raises(ZooError, match="loss 'proxyanchor' learns one vector per class and needs num_classes"):
         TripletHead(32, projection="linear", loss="proxyanchor")
