@@ -156,6 +156,28 @@ def test_copydetect_config_starts_at_the_frozen_gem_features():
         assert torch.allclose(trained(images), frozen(images), atol=1e-6)
 
 
+def test_copydetect_config_sees_the_whole_photo_as_training_does(tmp_path):
+    """The copy recipe squashes each photo to the input size (crop_mode squash), as its training
+    edits do: a copy stretched to twice the width embeds like the original; a centre crop would
+    cut its sides away and see another picture."""
+    import yaml
+    from pathlib import Path
+
+    cfg = yaml.safe_load(open(Path(__file__).resolve().parents[1] / "configs/copydetect/mobilenetv2_shared.yaml"))["model"]
+    assert cfg["data_config"]["crop_mode"] == "squash"
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))  # smooth once enlarged
+    picture.resize((64, 64), Image.BICUBIC).save(tmp_path / "a.png")
+    picture.resize((128, 64), Image.BICUBIC).save(tmp_path / "b.png")  # the same picture, twice as wide
+    scores = {}
+    for mode in ("squash", "center"):
+        model = zoo.ZooModel(**{**cfg, "weights": None, "pretrained": False, "head": "frozen", "head_kwargs": {},
+                                "freeze_until": None, "data_config": {**cfg["data_config"], "crop_mode": mode, "input_size": [3, 64, 64]}})
+        a, b = zoo.embed([tmp_path / "a.png", tmp_path / "b.png"], model=model)
+        scores[mode] = float(a @ b)
+    assert scores["squash"] > 0.999 and scores["center"] < 0.99
+
+
 def test_projection_options_and_bad_values(zoo_cli, shapes_dir, tmp_path):
     from zoo.heads.triplet import TripletHead
 
