@@ -72,21 +72,50 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-6)
 
 
+def listed_pictures(listing: str | None, images: str) -> dict[str, int]:
+    """Resolved path -> picture id for the photos ``listing`` names as one picture (lines "a b",
+    paths under ``images``; # comments; "a b ?" an undecided pair, kept apart as well), the pairs
+    joined transitively (a video's frames are one picture); photos it does not name are absent."""
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+    if listing and listing != "none":
+        for line in Path(listing).read_text().splitlines():
+            line = line.split("#")[0].split()
+            if line:
+                a, b = (str((Path(images) / q).resolve()) for q in line[:2])
+                parent[root(a)] = root(b)
+    roots = sorted({root(x) for x in parent})
+    return {x: roots.index(root(x)) for x in parent}
+
+
 def split(images: str, n_train: int | None, n_originals: int, n_distractors: int, seed: int, n_calibration: int = 0,
-          near: float = 0.95):
+          near: float = 0.95, listing: str | None = None):
     """Seeded originals / distractors / calibration photos / training photos. Photo folders hold
     near-identical photos (burst shots, video frames a few pixels apart); a pair of them would
     count as a false positive of every model, and one in training would leak a test photo. So
     the unseen photos (originals, then distractors, then the calibration pool) are drawn first,
     skipping any whose grey 32 x 32 thumbnail correlates at >= ``near`` with one already drawn at
     any shift up to 4 px, and training takes the first ``n_train`` (None: all) of the rest that
-    are not near-identical to an unseen photo. The unseen sets do not depend on ``n_train``."""
+    are not near-identical to an unseen photo. The unseen sets do not depend on ``n_train``.
+    ``listing`` (food7_same_photos.txt) names photos that are one picture beyond what the
+    thumbnail check sees (other crops and zooms, consecutive video frames): a photo of a picture
+    already drawn is skipped too, and no photo of an unseen picture trains."""
     records = sorted(scan_folder(images), key=lambda r: r.path)
     random.Random(seed).shuffle(records)
     thumbs = thumbnails(records)  # (N, 32, 32)
     centres = _unit(thumbs[:, 4:28, 4:28])  # (N, 576)
 
+    picture = listed_pictures(listing, images)
+    picture_of = [picture.get(str(Path(r.path).resolve())) for r in records]
+
     def near_any(i: int, drawn: list[int]) -> bool:
+        if picture_of[i] is not None and picture_of[i] in {picture_of[k] for k in drawn}:
+            return True
         shifted = _unit(np.stack([thumbs[i, dy:dy + 24, dx:dx + 24] for dy in range(9) for dx in range(9)]))  # (81, 576)
         return bool(drawn) and float((centres[drawn] @ shifted.T).max()) >= near
 
@@ -142,7 +171,7 @@ def same_photos(listing: str, images: str, items, groups: list[int]) -> int:
     merged = 0
     for line in Path(listing).read_text().splitlines():
         line = line.split("#")[0].split()
-        if not line:
+        if not line or line[-1] == "?":  # "a b ?": undecided, kept out of the unseen sets together, not a copy
             continue
         ka, kb = (where.get(str((Path(images) / p).resolve())) for p in line)
         if ka is None or kb is None:
@@ -328,7 +357,7 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(a.out)
     train_records, originals, distractors, calibration = split(a.images, a.train, a.originals, a.distractors, a.seed,
-                                                               a.calibration_photos)
+                                                               a.calibration_photos, listing=a.same_photos)
     copies, copy_of = copy_set(originals, out / "copies", a.seed, copies=a.copies)
     items = [*originals, *copies, *distractors]
     groups = [*range(len(originals)), *copy_of, *range(len(originals), len(originals) + len(distractors))]
