@@ -33,6 +33,8 @@ import yaml
 from zoo.cli.main import main as zoo
 from zoo.data.images import scan_folder
 
+from copy_detection import listed_pictures  # noqa: E402  (benchmarks/, beside this script)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 METRICS = (("hit@1", "hit@1"), ("hit@10", "hit@10"), ("P@10", "p@10"), ("mAP", "map"), ("MAP@R", "map@r"),
@@ -41,16 +43,24 @@ TARGETS = {"hit@1": (">=", 0.96), "hit@10": (">=", 0.995), "mAP": (">=", 0.90), 
            "training min": ("<", 15.0)}
 
 
-def split(images: str, dest: Path, test_fraction: float, seed: int) -> tuple[Path, Path]:
-    """Link each class's photos into dest/train/<class> and dest/test/<class>."""
-    by_class: dict[str, list[Path]] = {}
+def split(images: str, dest: Path, test_fraction: float, seed: int, listing: str | None = None) -> tuple[Path, Path]:
+    """Link each class's photos into dest/train/<class> and dest/test/<class>. Photos that
+    ``listing`` names as one picture (crops, frames of one video: copy_detection.listed_pictures)
+    go to one side together, so no test photo has a twin in training."""
+    pictures = listed_pictures(listing, images)
+    by_class: dict[str, dict] = {}
     for r in scan_folder(images):
-        by_class.setdefault(r.label, []).append(Path(r.path))
+        unit = pictures.get(str(Path(r.path).resolve()), r.path)
+        by_class.setdefault(r.label, {}).setdefault(unit, []).append(Path(r.path))
     rng = random.Random(seed)
-    for label, paths in sorted(by_class.items()):
-        rng.shuffle(paths)
-        n_test = round(len(paths) * test_fraction)
-        for part, chunk in (("test", paths[:n_test]), ("train", paths[n_test:])):
+    for label, units in sorted(by_class.items()):
+        units = sorted(units.values())
+        rng.shuffle(units)
+        n_test = round(sum(map(len, units)) * test_fraction)
+        test, train = [], []
+        for unit in units:
+            (test if len(test) < n_test else train).extend(unit)
+        for part, chunk in (("test", test), ("train", train)):
             (dest / part / label).mkdir(parents=True, exist_ok=True)
             for p in chunk:  # hard links: zoo reads no link out of a folder; a copy across file systems
                 try:
@@ -80,7 +90,7 @@ def frozen_args(config: str) -> list[str]:
 
 def run_seed(args, seed: int, work: Path) -> list[dict]:
     """Train every config on seed ``seed``'s split and benchmark frozen + trained: a row each."""
-    train, test = split(args.images, work / "split", args.test_fraction, seed)
+    train, test = split(args.images, work / "split", args.test_fraction, seed, args.same_photos)
     trained = []
     for config in args.config:
         run = work / recipe_name(config).replace("/", "-")
@@ -157,6 +167,8 @@ def main() -> None:
     p.add_argument("--config", nargs="+", default=[str(ROOT / "configs" / "metric" / "mobilenetv2_shared.yaml")],
                    help="training configs to compare (the first one's backbone is the frozen baseline)")
     p.add_argument("--test-fraction", type=float, default=0.4)
+    p.add_argument("--same-photos", default=str(ROOT / "benchmarks" / "food7_same_photos.txt"),
+                   help="photos that are one picture (kept on one side of the split); 'none': split photo by photo")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: each config's max_epochs)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (split and training)")
     p.add_argument("--seed", type=int, default=None, help="run this one seed only")
