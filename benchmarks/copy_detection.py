@@ -2,14 +2,15 @@
 from, and perceptual hashes (imagededup PHash/DHash, PDQ), scored on the same pairs.
 
     python benchmarks/copy_detection.py [--images ../shared/data/food7] [--originals 300] [--distractors 300]
-        [--copies 3] [--calibration-photos 200] [--train N] [--epochs 9] [--checkpoint CKPT] [--frozen-only]
+        [--copies 3] [--calibration-photos 330] [--train N] [--epochs 9] [--checkpoint CKPT] [--frozen-only]
         [--no-peers] [--families F ...] [--libraries 300 1500] [--out copy-detection-results] [--fit ...]
 
 A seeded split of the folder's photos (classes are ignored; ``split``): ``--originals`` unseen
 photos, ``--distractors`` other unseen photos and ``--calibration-photos`` more unseen photos
-for ``zoo calibrate``, drawn skipping near-identical photos (grey-thumbnail check); every other
-photo not near-identical to those trains configs/copydetect/mobilenetv2_shared.yaml without
-labels (a tenth of them validate). With food7's 1505 photos the defaults leave about 640 to
+for ``zoo calibrate``, drawn skipping near-identical photos (grey-thumbnail check, and the photos
+``--same-photos`` lists as one picture); every other photo not near-identical to those trains
+configs/copydetect/mobilenetv2_shared.yaml without
+labels (a tenth of them validate). With food7's 1505 photos the defaults leave 383 to
 train on: the test library is 300 originals + 3 ``copyset`` copies each (crop to 75-90 %,
 rotation up to 15 degrees, JPEG quality 15-35, brightness/colour jitter, mirror, half-size
 downscale, three at a time) + 300 distractors = 1,500 files, whose every pair is scored.
@@ -336,7 +337,9 @@ def main() -> None:
     ap.add_argument("--originals", type=int, default=300)
     ap.add_argument("--distractors", type=int, default=300)
     ap.add_argument("--copies", type=int, default=3, help="copyset copies of each original in the test library")
-    ap.add_argument("--calibration-photos", type=int, default=200, help="unseen photos `zoo calibrate` samples")
+    ap.add_argument("--calibration-photos", type=int, default=330,
+                    help="unseen photos `zoo calibrate` samples, all of them (it asks for 327 to measure the "
+                         "false-match rate a 1,500-file library needs)")
     ap.add_argument("--epochs", type=int, default=9)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
@@ -394,7 +397,8 @@ def main() -> None:
             print(f"# {r['model']}: weights {r['_weights']}")
     if ckpt is not None and a.libraries:
         library_table(ckpt, a.libraries, originals, copies, copy_of, distractors, calibration, groups, a.images,
-                      a.same_photos, out, a.precision, a.workers, vectors[models[-1][0]], a.copies)
+                      a.same_photos, out, a.precision, a.workers, vectors[models[-1][0]], a.copies,
+                      sample=len(calibration))
     families = [f for f in a.families if f]
     if families:
         family_table(families, originals, distractors, train_records, out, a.seed, models, vectors, peers, hash_cache,
