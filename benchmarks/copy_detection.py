@@ -3,7 +3,7 @@ from, and perceptual hashes (imagededup PHash/DHash, PDQ), scored on the same pa
 
     python benchmarks/copy_detection.py [--images ../shared/data/food7] [--originals 300] [--distractors 300]
         [--copies 3] [--calibration-photos 330] [--train N] [--epochs 9] [--checkpoint CKPT] [--frozen-only]
-        [--no-peers] [--families F ...] [--libraries 300 1500] [--out copy-detection-results] [--fit ...]
+        [--no-peers] [--families F ...] [--libraries 300 1500] [--library-draws 5] [--out copy-detection-results] [--fit ...]
 
 A seeded split of the folder's photos (classes are ignored; ``split``): ``--originals`` unseen
 photos, ``--distractors`` other unseen photos and ``--calibration-photos`` more unseen photos
@@ -351,6 +351,8 @@ def main() -> None:
     ap.add_argument("--no-peers", action="store_true", help="no perceptual-hash rows")
     ap.add_argument("--families", nargs="*", default=list(FAMILIES), help="edit families of the per-family table ('' : none)")
     ap.add_argument("--libraries", type=int, nargs="*", default=[300, 1500], help="library sizes for --threshold auto")
+    ap.add_argument("--library-draws", type=int, default=5,
+                    help="disjoint libraries of each smaller size, as many as the photos allow (the spread of precision)")
     ap.add_argument("--precision", type=float, default=0.95)
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.6, 0.7, 0.8, 0.9, 0.95])
     ap.add_argument("--out", default="copy-detection-results")
@@ -398,7 +400,7 @@ def main() -> None:
     if ckpt is not None and a.libraries:
         library_table(ckpt, a.libraries, originals, copies, copy_of, distractors, calibration, groups, a.images,
                       a.same_photos, out, a.precision, a.workers, vectors[models[-1][0]], a.copies,
-                      sample=len(calibration))
+                      sample=len(calibration), draws=a.library_draws)
     families = [f for f in a.families if f]
     if families:
         family_table(families, originals, distractors, train_records, out, a.seed, models, vectors, peers, hash_cache,

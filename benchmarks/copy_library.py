@@ -50,8 +50,10 @@ def run_zoo(args: list[str]) -> str:
 
 def library_table(ckpt: str, sizes: list[int], originals, copies, copy_of, distractors, calibration_photos, groups,
                   images: str, listing: str, out: Path, precision: float, workers: int, vectors: dict,
-                  n_copies: int, sample: int = 200, cal_copies: int = 2) -> None:
-    """Calibrate once, then ``zoo duplicates --threshold auto`` on each library size; prints the table."""
+                  n_copies: int, sample: int = 200, cal_copies: int = 2, draws: int = 1) -> None:
+    """Calibrate once, then ``zoo duplicates --threshold auto`` on each library size; prints the table.
+    ``draws``: up to that many disjoint libraries of each size (as many as the photos allow: the
+    largest library is one), for the spread of a small library's precision."""
     group_of = {r.path: g for r, g in zip([*originals, *copies, *distractors], groups)}
     cal_dir = out / "calibration-photos"
     link_folder(cal_dir, [(r.path, f"{k:05d}{Path(r.path).suffix}") for k, r in enumerate(calibration_photos)])
@@ -68,17 +70,22 @@ def library_table(ckpt: str, sizes: list[int], originals, copies, copy_of, distr
     fixed = entry["threshold"]
     rows = []
     total = len(originals) * (1 + n_copies) + len(distractors)
+    libraries = []
     for size in sizes:
         k = round(size * len(originals) / total)
-        d = size - k * (1 + n_copies)
-        members = [*originals[:k], *[c for c, i in zip(copies, copy_of) if i < k], *distractors[:max(d, 0)]]
+        d = max(size - k * (1 + n_copies), 0)
+        fit = min(len(originals) // max(k, 1), len(distractors) // d if d else draws)
+        libraries += [(size, j, k, d) for j in range(max(1, min(draws, fit)))]
+    for size, j, k, d in libraries:
+        members = [*originals[j * k:(j + 1) * k], *[c for c, i in zip(copies, copy_of) if j * k <= i < (j + 1) * k],
+                   *distractors[j * d:(j + 1) * d]]
         names = {f"{n:05d}-{Path(r.path).name}": r.path for n, r in enumerate(members)}
-        folder = out / f"library-{size}"
+        folder = out / f"library-{size}" if j == 0 else out / f"library-{size}-{j}"
         link_folder(folder, [(src, name) for name, src in names.items()])
         truth = {name: group_of[src] for name, src in names.items()}
         g = np.array(list(truth.values()))
         true_pairs = int(sum(c * (c - 1) // 2 for c in np.unique(g, return_counts=True)[1]))
-        dup = out / f"duplicates-{size}"
+        dup = out / (f"duplicates-{size}" if j == 0 else f"duplicates-{size}-{j}")
         run_zoo(["duplicates", "--images", folder, "--checkpoint", ckpt, "--threshold", "auto", "--calibration", cal_file,
                  "--out", dup, "--overwrite", "--exact", "--num_workers", workers])
         result = json.load(open(dup / "groups.json"))
@@ -89,12 +96,12 @@ def library_table(ckpt: str, sizes: list[int], originals, copies, copy_of, distr
         scores, positive = pair_scores(np.stack([vectors[src] for src in names.values()]), g)
         v1 = at_threshold(scores, positive, fixed)
         best = threshold_for_precision(scores, positive, precision)
-        rows.append({"files": len(members), "copy pairs": true_pairs, "auto threshold": result["threshold"],
+        rows.append({"files": len(members) if j == 0 else f"{len(members)} (draw {j + 1})", "copy pairs": true_pairs, "auto threshold": result["threshold"],
                      "expected P": report.get("expected_precision"), "measured P": hits / len(found) if found else float("nan"),
                      "recall": hits / max(true_pairs, 1), "expected false": report.get("expected_false_pairs"),
                      "measured false": len(found) - hits, "fixed P / R": f"{v1['precision']:.3f} / {v1['recall']:.3f}",
                      "oracle R (thr)": f"{best['recall']:.3f} ({best['threshold']:.3f})" if best["threshold"] else "-"})
-        print(f"library {size}: {report.get('estimated_by', report.get('note', ''))}", file=sys.stderr)
+        print(f"library {size} draw {j + 1}: {report.get('estimated_by', report.get('note', ''))}", file=sys.stderr)
     print(f"\n--threshold auto on unseen libraries (target precision {precision}; one calibration; fixed = the "
           f"sample-level threshold {fixed:.4f} that a version 1 calibration applies at every size)")
     cols = list(rows[0])
