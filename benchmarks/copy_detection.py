@@ -47,6 +47,7 @@ from zoo.metrics.pairs import at_threshold, average_precision, pair_scores, pr_c
 
 from copy_library import library_table  # noqa: E402  (benchmarks/, beside this script)
 from copy_peers import hash_all, hash_pair_scores, hashers  # noqa: E402
+from one_picture import listed_pictures, same_photos  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -71,27 +72,6 @@ def thumbnails(records) -> np.ndarray:
 def _unit(a: np.ndarray) -> np.ndarray:
     a = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(1, keepdims=True)
     return a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-6)
-
-
-def listed_pictures(listing: str | None, images: str) -> dict[str, int]:
-    """Resolved path -> picture id for the photos ``listing`` names as one picture (lines "a b",
-    paths under ``images``; # comments; "a b ?" an undecided pair, kept apart as well), the pairs
-    joined transitively (a video's frames are one picture); photos it does not name are absent."""
-    parent: dict[str, str] = {}
-
-    def root(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-    if listing and listing != "none":
-        for line in Path(listing).read_text().splitlines():
-            line = line.split("#")[0].split()
-            if line:
-                a, b = (str((Path(images) / q).resolve()) for q in line[:2])
-                parent[root(a)] = root(b)
-    roots = sorted({root(x) for x in parent})
-    return {x: roots.index(root(x)) for x in parent}
 
 
 def split(images: str, n_train: int | None, n_originals: int, n_distractors: int, seed: int, n_calibration: int = 0,
@@ -161,26 +141,6 @@ def copy_set(originals, folder: Path, seed: int, spec="copyset", copies: int = 1
             out.append(Record(str(p)))
             of.append(i)
     return out, of
-
-
-def same_photos(listing: str, images: str, items, groups: list[int]) -> int:
-    """Merge, in place, the groups of test photos that ``listing`` names as one picture (lines
-    "a b", paths under ``images``; # comments); returns how many listed pairs are in the test set."""
-    if listing == "none":
-        return 0
-    where = {str(Path(r.path).resolve()): k for k, r in enumerate(items)}
-    merged = 0
-    for line in Path(listing).read_text().splitlines():
-        line = line.split("#")[0].split()
-        if not line or line[-1] == "?":  # "a b ?": undecided, kept out of the unseen sets together, not a copy
-            continue
-        ka, kb = (where.get(str((Path(images) / p).resolve())) for p in line)
-        if ka is None or kb is None:
-            continue
-        old, new = groups[kb], groups[ka]
-        groups[:] = [new if g == old else g for g in groups]
-        merged += 1
-    return merged
 
 
 def train(train_records, out: Path, epochs: int, batch_size: int, workers: int, extra: list[str]) -> str:

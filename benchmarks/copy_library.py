@@ -80,12 +80,13 @@ def library_table(ckpt: str, sizes: list[int], originals, copies, copy_of, distr
         members = [*originals[j * k:(j + 1) * k], *[c for c, i in zip(copies, copy_of) if j * k <= i < (j + 1) * k],
                    *distractors[j * d:(j + 1) * d]]
         names = {f"{n:05d}-{Path(r.path).name}": r.path for n, r in enumerate(members)}
-        folder = out / f"library-{size}" if j == 0 else out / f"library-{size}-{j}"
+        tag = f"{size}" if j == 0 else f"{size}-{j}"  # the first draw keeps the name it always had
+        folder = out / f"library-{tag}"
         link_folder(folder, [(src, name) for name, src in names.items()])
         truth = {name: group_of[src] for name, src in names.items()}
         g = np.array(list(truth.values()))
         true_pairs = int(sum(c * (c - 1) // 2 for c in np.unique(g, return_counts=True)[1]))
-        dup = out / (f"duplicates-{size}" if j == 0 else f"duplicates-{size}-{j}")
+        dup = out / f"duplicates-{tag}"
         run_zoo(["duplicates", "--images", folder, "--checkpoint", ckpt, "--threshold", "auto", "--calibration", cal_file,
                  "--out", dup, "--overwrite", "--exact", "--num_workers", workers])
         result = json.load(open(dup / "groups.json"))

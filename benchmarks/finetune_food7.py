@@ -33,7 +33,7 @@ import yaml
 from zoo.cli.main import main as zoo
 from zoo.data.images import scan_folder
 
-from copy_detection import listed_pictures  # noqa: E402  (benchmarks/, beside this script)
+from one_picture import listed_pictures  # noqa: E402  (benchmarks/, beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -45,7 +45,7 @@ TARGETS = {"hit@1": (">=", 0.96), "hit@10": (">=", 0.995), "mAP": (">=", 0.90), 
 
 def split(images: str, dest: Path, test_fraction: float, seed: int, listing: str | None = None) -> tuple[Path, Path]:
     """Link each class's photos into dest/train/<class> and dest/test/<class>. Photos that
-    ``listing`` names as one picture (crops, frames of one video: copy_detection.listed_pictures)
+    ``listing`` names as one picture (crops, frames of one video: one_picture.listed_pictures)
     go to one side together, so no test photo has a twin in training."""
     pictures = listed_pictures(listing, images)
     by_class: dict[str, dict] = {}

@@ -10,22 +10,23 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import copy_detection  # noqa: E402
+import one_picture  # noqa: E402
 
 
 def test_listed_pictures_join_pairs_transitively_and_undecided_pairs_too(tmp_path):
     listing = tmp_path / "same.txt"
     listing.write_text("# comment\nx/a.jpg x/b.jpg\nx/b.jpg x/c.jpg  # a video's frames\nx/d.jpg x/e.jpg ?\n")
-    pictures = copy_detection.listed_pictures(str(listing), str(tmp_path))
+    pictures = one_picture.listed_pictures(str(listing), str(tmp_path))
     key = {Path(p).name: g for p, g in pictures.items()}
     assert set(key) == {"a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"}
     assert key["a.jpg"] == key["b.jpg"] == key["c.jpg"] != key["d.jpg"] == key["e.jpg"]
-    assert copy_detection.listed_pictures("none", str(tmp_path)) == {}
+    assert one_picture.listed_pictures("none", str(tmp_path)) == {}
     # scoring merges the decided pairs only
     items = [copy_detection.Record(str(tmp_path / "x" / n)) for n in ("a.jpg", "c.jpg", "d.jpg", "e.jpg")]
     groups = [0, 1, 2, 3]
-    assert copy_detection.same_photos(str(listing), str(tmp_path), items, groups) == 0  # a-b, b-c: b is absent
+    assert one_picture.same_photos(str(listing), str(tmp_path), items, groups) == 0  # a-b, b-c: b is absent
     items[1] = copy_detection.Record(str(tmp_path / "x" / "b.jpg"))
-    assert copy_detection.same_photos(str(listing), str(tmp_path), items, groups) == 1 and groups == [0, 0, 2, 3]
+    assert one_picture.same_photos(str(listing), str(tmp_path), items, groups) == 1 and groups == [0, 0, 2, 3]
 
 
 def test_split_keeps_one_pictures_photos_apart(tmp_path):
