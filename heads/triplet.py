@@ -143,7 +143,9 @@ class TripletHead(Head):
         center: the searched vectors are centred before their final normalisation: the head
         keeps a running mean of the normalised search vectors over the training batches
         (exponential, ``center_momentum`` per step; a buffer saved with the model) and
-        subtracts it, as DINO centres its outputs. A trained space shares one direction that
+        subtracts it, as DINO centres its outputs; each validation then replaces it by the mean
+        search vector of the clean validation photos at the embedding size (ZooModel), which is
+        what the saved model searches with. A trained space shares one direction that
         pulls every photo towards every other (a median nearest-neighbour cosine of 0.94-0.98
         on food7); removing it keeps the ranking's classes and lets cosine thresholds mean
         something again. The loss sees the uncentred projection."""
@@ -220,6 +222,12 @@ class TripletHead(Head):
         mean = self.searched(features).mean(dim=0)
         m = self.center_momentum if int(self.center_updates) else 0.0
         self.running_center.mul_(m).add_(mean, alpha=1.0 - m)
+        self.center_updates += 1
+
+    @torch.no_grad()
+    def set_center(self, mean: torch.Tensor) -> None:
+        """Make ``mean`` (a mean search vector, e.g. of the clean validation photos) the centre."""
+        self.running_center.copy_(mean.to(self.running_center))
         self.center_updates += 1
 
     def training_loss(self, features, images, labels: Optional[torch.Tensor]):

@@ -113,6 +113,7 @@ class ZooDataModule(L.LightningDataModule):
         seed: int = 0,
         auto_augment: Optional[str] = None,
         crop_scale: tuple[float, float] = (0.35, 1.0),
+        train_size: Optional[int] = None,
     ):
         """
         Args:
@@ -129,6 +130,12 @@ class ZooDataModule(L.LightningDataModule):
             auto_augment: labelled training: timm's training transform instead of --data.augmentations,
                 with this policy (rand-m9-mstd0.5-inc1: RandAugment; original: AutoAugment; augmix-m5-w4-d2).
             crop_scale: with auto_augment, the random crop's share of the area [low, high].
+            train_size: training images are made at this side (pixels) instead of the model's
+                input size, which stays the size validation and embedding use. Train smaller
+                than you embed (FixRes, Touvron et al. 2019): a random crop enlarges what it
+                keeps, so objects look bigger in training than in a whole photo at the same size;
+                embedding at train_size times the crops' mean enlargement E[1/sqrt(share of the
+                area)] shows them at the trained size (crop_scale [0.35, 1]: 1.26, 224 -> 282).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -140,6 +147,8 @@ class ZooDataModule(L.LightningDataModule):
                 f"{samples_per_class} holding at least 2 classes (e.g. --data.batch_size {2 * samples_per_class} or more)"
             )
         resolve_spec(augmentations), resolve_spec(val_augmentations)  # a bad name fails now
+        if train_size is not None and not 16 <= train_size <= 1024:
+            raise ZooError(f"train_size={train_size}: the training side must be between 16 and 1024 pixels")
         if auto_augment is not None:  # so does a bad policy
             timm_augmentation({"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}, auto_augment, crop_scale)
         self.train_records: list[Record] = []
@@ -187,13 +196,16 @@ class ZooDataModule(L.LightningDataModule):
         import timm
 
         eval_tf = timm.data.create_transform(**cfg, is_training=False)
+        train_cfg = dict(cfg)
+        if self.hparams.train_size is not None:
+            train_cfg["input_size"] = (cfg["input_size"][0], self.hparams.train_size, self.hparams.train_size)
         if self.hparams.auto_augment is not None:
             if not self.labelled:
                 raise ZooError("--data.auto_augment is for labelled training; unlabelled training makes its positives "
                                "with --data.augmentations")
-            train_tf = timm_augmentation(cfg, self.hparams.auto_augment, self.hparams.crop_scale)
+            train_tf = timm_augmentation(train_cfg, self.hparams.auto_augment, self.hparams.crop_scale)
         else:
-            train_tf = augmentation(cfg, self.hparams.augmentations)
+            train_tf = augmentation(train_cfg, self.hparams.augmentations)
         ids = {c: i for i, c in enumerate(self.classes)}
         if self.labelled:
             self.train_set = LabelledImages(self.train_records, [ids[r.label] for r in self.train_records], train_tf)

@@ -119,14 +119,17 @@ class RetrievalMetrics(Metric):
     """Accumulates embeddings, labels and query flags; computes ``retrieval_metrics``.
 
     Items flagged as queries are searched against the others (query/gallery protocol); when
-    none is flagged, leave-one-out over all items.
+    none is flagged, leave-one-out over all items. ``center``: the vectors are scored after
+    subtracting their mean (over every item, all processes) and normalising again, and the mean
+    is kept as ``mean_vector`` (a centring head takes it as its centre).
     """
 
     full_state_update = False
 
-    def __init__(self, ks: Sequence[int] = KS, **kwargs):
+    def __init__(self, ks: Sequence[int] = KS, center: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.ks = tuple(ks)
+        self.ks, self.center = tuple(ks), center
+        self.mean_vector: Optional[torch.Tensor] = None
         self.add_state("embeddings", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
         self.add_state("is_query", default=[], dist_reduce_fx="cat")
@@ -138,6 +141,9 @@ class RetrievalMetrics(Metric):
 
     def compute(self) -> dict[str, float]:
         emb, lab, isq = (dim_zero_cat(x) for x in (self.embeddings, self.labels, self.is_query))
+        if self.center:
+            self.mean_vector = emb.mean(dim=0)
+            emb = torch.nn.functional.normalize(emb - self.mean_vector, dim=1)
         if isq.any() and (~isq).any():
             res = retrieval_metrics(emb[isq], lab[isq], emb[~isq], lab[~isq], ks=self.ks)
         else:

@@ -24,8 +24,10 @@ from zoo.backbones.timm_backbone import (
 from zoo.data.decode import DevicePreprocess
 from zoo.data.images import load_image
 from zoo.data.transforms import draft_size, pixel_transform
+from zoo.errors import ZooError
 from zoo.heads.base import Head, create_head
 from zoo.model.inference import inference_setting
+from zoo.model.interpolation import WeightInterpolation
 from zoo.model.optim import configure as configure_training
 from zoo.model.runtime import COMPILED, asked_runtime, compiled_forward, forget_compiled
 from zoo.metrics.pairs import pair_summary
@@ -63,6 +65,7 @@ class ZooModel(L.LightningModule):
         lr_schedule: str = "constant",
         warmup_steps: int = 0,
         layer_decay: Optional[float] = None,
+        weight_interpolation: float = 1.0,
     ):
         """
         Args:
@@ -90,6 +93,9 @@ class ZooModel(L.LightningModule):
             warmup_steps: optimizer steps of linear warm-up before the schedule.
             layer_decay: each backbone block below the top one trains at this factor times
                 the rate of the block above (e.g. 0.8); None: one rate (backbone_lr).
+            weight_interpolation: below 1, what is validated and saved is the weights
+                interpolated between the starting ones (0) and the trained ones (1), WiSE-FT
+                (zoo.model.interpolation): the trained classes with the start's broader space.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -98,6 +104,8 @@ class ZooModel(L.LightningModule):
             check_model_kwargs(backbone, model_kwargs)
         check_data_config(data_config, "data_config")
         HEADS.get(head)  # fails now, with the valid names, if unknown
+        if not 0.0 < weight_interpolation <= 1.0:
+            raise ZooError(f"weight_interpolation {weight_interpolation} must be in (0, 1]")
         self.backbone: Optional[Backbone] = None
         self.head: Optional[Head] = None
         self.val_metrics = RetrievalMetrics()
@@ -130,6 +138,7 @@ class ZooModel(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hp.seed)
             self.head = create_head(hp.head, in_features, **(hp.head_kwargs or {}))
+        self.val_metrics.center = bool(getattr(self.head, "center", False))  # validation sets the centre
         if self.backbone is not None:
             self._set_norm_stats(self.backbone.weights_id)
             if not self.head.trainable or hp.freeze_until == "all":
@@ -313,21 +322,23 @@ class ZooModel(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
-        emb = self(images)
-        if "label" in batch:
+        features = self.features(images)
+        if "label" in batch:  # a centring head: uncentred, the validation photos' mean is the centre
+            emb = self.head.searched(features) if self.val_metrics.center else self.head(features)
             self.val_metrics.update(emb, batch["label"], batch.get("is_query"))
         if self.head.trainable:
-            loss, _ = self.head.training_loss(self.features(images), images, batch.get("label"))
+            loss, _ = self.head.training_loss(features, images, batch.get("label"))
             self.log("val/loss", loss, batch_size=len(images))
 
     def on_validation_epoch_end(self) -> None:
         if not self.val_metrics.update_called:
             return
-        self.last_validation = {  # kept for callbacks (clustering report)
-            "embeddings": dim_zero_cat(self.val_metrics.embeddings).cpu(),
-            "labels": dim_zero_cat(self.val_metrics.labels).cpu(),
-        }
         summary = self.val_metrics.compute()
+        emb = dim_zero_cat(self.val_metrics.embeddings).cpu()
+        if self.val_metrics.center:  # the saved model searches with the centre of these clean photos
+            self.head.set_center(self.val_metrics.mean_vector)
+            emb = torch.nn.functional.normalize(emb - self.val_metrics.mean_vector.cpu(), dim=1)
+        self.last_validation = {"embeddings": emb, "labels": dim_zero_cat(self.val_metrics.labels).cpu()}  # for callbacks
         self.log("val/hit@1", summary["hit@1"], prog_bar=True)
         self.log("val/p@10", summary["p@10"])
         self.log("val/map", summary["map"], prog_bar=True)
@@ -338,6 +349,11 @@ class ZooModel(L.LightningModule):
                 self.log("val/pair_ap", pairs["pair_ap"], prog_bar=True)
                 self.log("val/recall@p95", pairs["recall"])
         self.val_metrics.reset()
+
+    def configure_callbacks(self) -> list:
+        if self.hparams.weight_interpolation < 1.0:
+            return [WeightInterpolation(self.hparams.weight_interpolation)]
+        return []
 
     def configure_optimizers(self):
         return configure_training(self)  # zoo.model.optim: parameter groups and schedule
