@@ -217,6 +217,7 @@ def test_metric_configs_parse(name, zoo_cli):
     assert code == 0, err
     assert "loss: proxyanchor" in out and "loss_lr_scale: 100.0" in out and "lr_schedule: cosine" in out and "auto_augment: rand-m9-mstd0.5-inc1" in out
     assert "projection: linear" in out and "layer_decay: 0.8" in out
+    assert "weight_interpolation: 0.8" in out and "train_size: 2" in out and "center: true" in out
 
 
 def test_fit_with_proxies_schedule_and_randaugment_then_the_checkpoint_reloads(tmp_path, zoo_cli):
