@@ -472,6 +472,57 @@ def test_interrupt_exits_130_with_one_line(tmp_path):
     assert not (tmp_path / "i").exists()  # nothing half-written is left
 
 
+def test_an_interrupt_python_ignores_prints_no_traceback(capsys):
+    """A Ctrl-C that lands where Python ignores exceptions (here a __del__; in a run, logging's
+    fork hooks) goes through sys.unraisablehook: after a Ctrl-C zoo's hook keeps it quiet,
+    anything else still reaches the usual report."""
+    import gc
+
+    from zoo.cli.main import INTERRUPTED, quiet_ignored_interrupts
+
+    class RaisesOnDel:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    saved, reported = sys.unraisablehook, []
+    sys.unraisablehook = quiet_ignored_interrupts(lambda u: reported.append(type(u.exc_value)))
+    try:
+        INTERRUPTED.set()
+        RaisesOnDel(KeyboardInterrupt())
+        RaisesOnDel(ValueError("other"))
+        INTERRUPTED.clear()
+        RaisesOnDel(KeyboardInterrupt())  # no Ctrl-C was seen: reported as usual
+        gc.collect()
+    finally:
+        sys.unraisablehook = saved
+        INTERRUPTED.clear()
+    assert reported == [ValueError, KeyboardInterrupt]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_interrupt_inside_logging_lock_bookkeeping_waits_for_the_next_batch():
+    """Raised inside logging's fork hook (between taking and releasing its lock) the interrupt
+    could leave the lock held and hang the shutdown: there it is only remembered."""
+    import logging
+    from types import SimpleNamespace
+
+    from zoo.cli.main import INTERRUPTED, on_sigint
+
+    INTERRUPTED.clear()
+    try:
+        on_sigint(signal.SIGINT, SimpleNamespace(f_globals=vars(logging)))
+        assert INTERRUPTED.is_set()
+        INTERRUPTED.clear()
+        with pytest.raises(KeyboardInterrupt):
+            on_sigint(signal.SIGINT, SimpleNamespace(f_globals={"__name__": "zoo.index.build"}))
+        assert INTERRUPTED.is_set()
+    finally:
+        INTERRUPTED.clear()
+
+
 def test_an_interrupt_python_swallowed_stops_the_run_at_the_next_batch():
     """Ctrl-C raised inside code whose exceptions Python ignores (logging's fork hooks, while
     loader workers start) is lost; the command's callback raises it again at the next batch."""

@@ -53,12 +53,25 @@ class FitConfigSaver(SaveConfigCallback):
 
 TRAINING_COMMANDS = {"fit", "validate", "test"}
 INTERRUPTED = threading.Event()  # Ctrl-C was pressed during this command
+LOCK_KEEPERS = ("logging",)  # modules whose lock bookkeeping an exception could leave locked
+
+
+def on_sigint(signum, frame) -> None:
+    """Ctrl-C: remembered (Lightning turns an interrupt into SystemExit(1)) and raised where the
+    main thread is, unless it is inside the logging module (its fork hooks take and release its
+    lock while loader workers start): an exception there can leave the lock held and the
+    shutdown's own log lines wait for it forever. StopWhenInterrupted raises it at the next batch."""
+    INTERRUPTED.set()
+    if frame is not None and frame.f_globals.get("__name__") in LOCK_KEEPERS:
+        return
+    raise KeyboardInterrupt
 
 
 class StopWhenInterrupted(Callback):
     """Ctrl-C raises KeyboardInterrupt wherever the main thread is; where that is code whose
     exceptions Python ignores (the logging module's fork hooks, while loader workers start), the
-    interrupt would be lost and the run go on. This raises it again at the next batch."""
+    interrupt would be lost and the run go on, and inside lock bookkeeping on_sigint only
+    remembers it. This raises it at the next batch."""
 
     def _check(self, *args, **kwargs) -> None:
         if INTERRUPTED.is_set():
@@ -166,11 +179,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     saved_argv, sys.argv = sys.argv, [saved_argv_name(), *argv]
     INTERRUPTED.clear()
 
-    def on_sigint(signum, frame):  # remembered: Lightning turns an interrupt into SystemExit(1)
-        INTERRUPTED.set()
-        raise KeyboardInterrupt
-
     saved_handler = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
+    saved_unraisable = sys.unraisablehook
+    sys.unraisablehook = quiet_ignored_interrupts(saved_unraisable)
     try:
         with quiet_lightning():
             ZooCLI(
@@ -208,10 +219,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"zoo: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
     finally:
-        sys.argv = saved_argv
+        sys.argv, sys.unraisablehook = saved_argv, saved_unraisable
         if saved_handler is not None:
             signal.signal(signal.SIGINT, saved_handler)
     return 0
+
+
+def quiet_ignored_interrupts(fallback):
+    """An unraisable-exception hook: Ctrl-C raised where Python ignores exceptions (logging's fork
+    hooks while loader workers start) would print "Exception ignored ... Traceback"; after a
+    Ctrl-C it prints nothing (StopWhenInterrupted stops the run at the next batch, with one line).
+    Anything else goes to ``fallback``."""
+    def hook(unraisable) -> None:
+        if not (INTERRUPTED.is_set() and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            fallback(unraisable)
+    return hook
 
 
 def saved_argv_name() -> str:
