@@ -39,3 +39,12 @@ def make_shapes(root: Path, per_class: int, seed: int = 0, size: int = 48, shape
         for i in range(per_class):
             draw(shape, rng, size).save(root / shape / f"{i:03d}.png")
     return root
+
+
+def triplet_fit_args(data: Path, runs: Path) -> list:
+    """`zoo fit` arguments of a tiny triplet run on a shapes folder (random-init test_resnet at 32
+    pixels, no loader workers, logs and checkpoints under ``runs``); add the head_kwargs after."""
+    return ["fit", "--data.root", data, "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger.init_args.save_dir", runs, "--trainer.default_root_dir", runs,
+            "--model.backbone", "test_resnet", "--model.pretrained", "false", "--model.head", "triplet",
+            "--model.data_config", "{image_size: 32}"]

@@ -62,16 +62,13 @@ def test_fit_saves_the_interpolated_weights_centred_on_the_validation_photos(tmp
     """weight_interpolation 0.25: every trained tensor of the saved model is start + 0.25 x
     (trained - start), the trained weights stay in the checkpoint for resuming, and the saved
     centre is the mean search vector of the clean validation photos under the saved weights."""
-    from shapes import make_shapes
+    from shapes import make_shapes, triplet_fit_args
 
     from zoo.model.restore import load_model
 
     data = make_shapes(tmp_path / "shapes", per_class=6, seed=0, size=32, shapes=("circle", "square", "triangle"))
     runs = tmp_path / "runs"
-    code, _, err = zoo_cli("fit", "--data.root", data, "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
-                           "--trainer.logger.init_args.save_dir", runs, "--trainer.default_root_dir", runs,
-                           "--model.backbone", "test_resnet", "--model.pretrained", "false", "--model.head", "triplet",
-                           "--model.data_config", "{image_size: 32}", "--model.head_kwargs",
+    code, _, err = zoo_cli(*triplet_fit_args(data, runs), "--model.head_kwargs",
                            "{loss: multisimilarity, projection: linear, search_on: features, center: true}",
                            "--model.lr", "0.01", "--model.backbone_lr", "0.01", "--model.weight_interpolation", "0.25",
                            "--data.auto_augment", "rand-m9", "--data.train_size", "24",
@@ -96,3 +93,29 @@ def test_fit_saves_the_interpolated_weights_centred_on_the_validation_photos(tmp
         mean = model.head.searched(model.features(images)).mean(0)
     assert torch.allclose(model.head.running_center, mean, atol=1e-5)
     assert not torch.allclose(saved["head.running_center"], trained["head.running_center"], atol=1e-3)
+
+
+def test_a_resumed_fit_goes_on_from_the_trained_weights_and_interpolates_from_the_start(tmp_path, zoo_cli):
+    """--ckpt_path last.ckpt: training goes on (Lightning's WeightAveraging restores the trained
+    weights, current_model_state) and the next save still interpolates from the first run's
+    start, not from the interpolated weights the resumed run was loaded from."""
+    from shapes import make_shapes, triplet_fit_args
+
+    data = make_shapes(tmp_path / "shapes", per_class=6, seed=0, size=32, shapes=("circle", "square", "triangle"))
+    runs = tmp_path / "runs"
+    args = [*triplet_fit_args(data, runs), "--model.head_kwargs", "{loss: multisimilarity, projection: linear}",
+            "--model.lr", "0.01", "--model.backbone_lr", "0.01", "--model.weight_interpolation", "0.5",
+            "--data.batch_size", "6", "--data.samples_per_class", "2", "--data.val_fraction", "0.34"]
+    code, _, err = zoo_cli(*args, "--trainer.max_epochs", "1")
+    assert code == 0, err
+    ckpts = runs / "lightning_logs" / "version_0" / "checkpoints"
+    start = torch.load(ckpts / "start.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    first = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    code, _, err = zoo_cli(*args, "--trainer.max_epochs", "2", "--ckpt_path", ckpts / "last.ckpt")
+    assert code == 0, err
+    second = torch.load(next((runs / "lightning_logs" / "version_1").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert second["epoch"] == 1
+    k = "head.mlp.weight"
+    trained1, trained2 = first["current_model_state"][k], second["current_model_state"][k]
+    assert not torch.equal(trained1, trained2)
+    assert torch.allclose(second["state_dict"][k], start[k] + 0.5 * (trained2 - start[k]), atol=1e-6)

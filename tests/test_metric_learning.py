@@ -221,16 +221,13 @@ def test_metric_configs_parse(name, zoo_cli):
 
 
 def test_fit_with_proxies_schedule_and_randaugment_then_the_checkpoint_reloads(tmp_path, zoo_cli):
-    from shapes import make_shapes
+    from shapes import make_shapes, triplet_fit_args
 
     from zoo.model.restore import load_model
 
     data = make_shapes(tmp_path / "shapes", per_class=6, seed=0, size=32, shapes=("circle", "square", "triangle"))
     runs = tmp_path / "runs"
-    code, _, err = zoo_cli("fit", "--data.root", data, "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
-                           "--trainer.logger.init_args.save_dir", runs, "--trainer.default_root_dir", runs,
-                           "--model.backbone", "test_resnet", "--model.pretrained", "false", "--model.head", "triplet",
-                           "--model.data_config", "{image_size: 32}", "--model.head_kwargs",
+    code, _, err = zoo_cli(*triplet_fit_args(data, runs), "--model.head_kwargs",
                            "{loss: proxyanchor, projection: linear, loss_lr_scale: 100}", "--model.lr_schedule", "cosine",
                            "--model.warmup_steps", "1", "--model.layer_decay", "0.8", "--data.auto_augment", "rand-m9",
                            "--data.batch_size", "6", "--data.samples_per_class", "2", "--data.val_fraction", "0.34",
