@@ -115,6 +115,11 @@ def per_class(per_query: dict[str, torch.Tensor], query_labels: torch.Tensor, nu
     return out
 
 
+def centred(vectors: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """``vectors`` (N, D) minus ``mean`` (D,), L2-normalised again: what a centring head searches."""
+    return torch.nn.functional.normalize(vectors - mean.to(vectors), dim=1)
+
+
 class RetrievalMetrics(Metric):
     """Accumulates embeddings, labels and query flags; computes ``retrieval_metrics``.
 
@@ -143,7 +148,7 @@ class RetrievalMetrics(Metric):
         emb, lab, isq = (dim_zero_cat(x) for x in (self.embeddings, self.labels, self.is_query))
         if self.center:
             self.mean_vector = emb.mean(dim=0)
-            emb = torch.nn.functional.normalize(emb - self.mean_vector, dim=1)
+            emb = centred(emb, self.mean_vector)
         if isq.any() and (~isq).any():
             res = retrieval_metrics(emb[isq], lab[isq], emb[~isq], lab[~isq], ks=self.ks)
         else:

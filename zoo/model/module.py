@@ -31,7 +31,7 @@ from zoo.model.interpolation import WeightInterpolation
 from zoo.model.optim import configure as configure_training
 from zoo.model.runtime import COMPILED, asked_runtime, compiled_forward, forget_compiled
 from zoo.metrics.pairs import pair_summary
-from zoo.metrics.retrieval import RetrievalMetrics
+from zoo.metrics.retrieval import RetrievalMetrics, centred
 from zoo.registry import HEADS
 
 # preprocessing for heads that bring their own encoder (no backbone)
@@ -337,7 +337,7 @@ class ZooModel(L.LightningModule):
         emb = dim_zero_cat(self.val_metrics.embeddings).cpu()
         if self.val_metrics.center:  # the saved model searches with the centre of these clean photos
             self.head.set_center(self.val_metrics.mean_vector)
-            emb = torch.nn.functional.normalize(emb - self.val_metrics.mean_vector.cpu(), dim=1)
+            emb = centred(emb, self.val_metrics.mean_vector)
         self.last_validation = {"embeddings": emb, "labels": dim_zero_cat(self.val_metrics.labels).cpu()}  # for callbacks
         self.log("val/hit@1", summary["hit@1"], prog_bar=True)
         self.log("val/p@10", summary["p@10"])
