@@ -94,6 +94,28 @@ def test_crafted_checkpoint_is_refused_everywhere(shapes_dir, index_dir, tmp_pat
     one_error(err, "refusing to load the checkpoint: it holds Python objects")
 
 
+def test_a_checkpoint_that_does_not_fit_the_model_is_a_one_line_error_on_resume(shapes_dir, tmp_path, zoo_cli):
+    """--ckpt_path with tensors of another shape, missing or unexpected, in the weights Lightning
+    loads (state_dict) or in the trained weights weight interpolation resumes from
+    (current_model_state): one line, exit 2, no traceback."""
+    runs = tmp_path / "runs"
+    fit = ["fit", "--data.root", shapes_dir, "--data.num_workers", "0", "--data.batch_size", "6", "--data.samples_per_class", "2",
+           "--trainer.default_root_dir", runs, "--trainer.logger", "false", "--model.weight_interpolation", "0.5", *FAST_FIT]
+    code, _, err = zoo_cli(*fit)
+    assert code == 0, err
+    good = torch.load(next(runs.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    name = next(k for k in good["state_dict"] if k.startswith("head.") and k.endswith(".weight"))
+    for key, edit, says in (("current_model_state", lambda sd: sd.update({name: torch.zeros(3, 3)}), f"of another shape 1 ({name})"),
+                            ("state_dict", lambda sd: sd.pop(name), f"missing 1 ({name})"),
+                            ("state_dict", lambda sd: sd.update({"extra.weight": torch.zeros(1)}), "unexpected 1 (extra.weight)")):
+        bad = {**good, key: dict(good[key])}
+        edit(bad[key])
+        torch.save(bad, tmp_path / "bad.ckpt")
+        code, _, err = zoo_cli(*fit, "--trainer.max_epochs", "2", "--ckpt_path", tmp_path / "bad.ckpt")
+        assert code == 2, err
+        one_error(err, f"the checkpoint's {key} does not fit the model: tensors {says}")
+
+
 def test_edited_index_metadata_cannot_point_zoo_at_other_files(shapes_dir, index_dir, tmp_path, zoo_cli):
     marker = tmp_path / "pwned"
     evil = evil_file(tmp_path / "evil.pth", marker)

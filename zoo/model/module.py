@@ -177,6 +177,10 @@ class ZooModel(L.LightningModule):
         # the checkpoint holds every weight and how to build the networks: read nothing else
         self.configure_model(load_weights=False, recipe=checkpoint.get("zoo_recipe"))
         self.set_trained_from(checkpoint.get("zoo_weights_id"))
+        # what Lightning (and WeightAveraging's trained weights) will load strictly: one line if not
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                check_state(checkpoint[key], self.state_dict(), f"the checkpoint's {key}")
 
     def set_trained_from(self, weights_id: Optional[str]) -> None:
         """A checkpoint's model: record the weights it was trained from (part of its weights_id);
@@ -357,6 +361,19 @@ class ZooModel(L.LightningModule):
 
     def configure_optimizers(self):
         return configure_training(self)  # zoo.model.optim: parameter groups and schedule
+
+
+def check_state(state: Any, own: dict, what: str) -> None:
+    """ZooError (one line) unless ``state`` has exactly ``own``'s tensor names and shapes."""
+    if not isinstance(state, dict):
+        raise ZooError(f"{what} is not a mapping of tensors")
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    reshaped = sorted(k for k in own.keys() & state.keys()
+                      if not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape)
+    if missing or unexpected or reshaped:
+        parts = [f"{n} {len(ks)} ({', '.join(map(str, ks[:3]))}{', ...' if len(ks) > 3 else ''})"
+                 for n, ks in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if ks]
+        raise ZooError(f"{what} does not fit the model: tensors " + "; ".join(parts))
 
 
 def model_config(hparams: dict) -> dict:
