@@ -20,6 +20,24 @@ def tiny_model(**kw) -> ZooModel:
                     **kw).build()
 
 
+@pytest.fixture
+def start_weights(monkeypatch) -> list:
+    """The model's weights when the starting model has been validated, before the first step,
+    as each fit in this process sees them (start.ckpt holds them too, but only until an epoch
+    beats the start: ModelCheckpoint then removes it)."""
+    from zoo.model.start_validation import StartValidation
+
+    seen = []
+    real = StartValidation.on_sanity_check_end
+
+    def spy(self, trainer, pl_module):
+        seen.append({k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()})
+        return real(self, trainer, pl_module)
+
+    monkeypatch.setattr(StartValidation, "on_sanity_check_end", spy)
+    return seen
+
+
 def test_centred_retrieval_metrics_score_the_vectors_minus_their_mean():
     """Two classes that share one big direction: centred, the scores are those of the functional
     twin on the centred vectors, and the mean is kept for the head."""
@@ -58,7 +76,7 @@ def test_train_size_makes_training_crops_smaller_than_validation_images(tmp_path
         ZooDataModule(root=str(data), train_size=8)
 
 
-def test_fit_saves_the_interpolated_weights_centred_on_the_validation_photos(tmp_path, zoo_cli):
+def test_fit_saves_the_interpolated_weights_centred_on_the_validation_photos(tmp_path, zoo_cli, start_weights):
     """weight_interpolation 0.25: every trained tensor of the saved model is start + 0.25 x
     (trained - start), the trained weights stay in the checkpoint for resuming, and the saved
     centre is the mean search vector of the clean validation photos under the saved weights."""
@@ -77,7 +95,7 @@ def test_fit_saves_the_interpolated_weights_centred_on_the_validation_photos(tmp
     assert code == 0, err
     ckpts = runs / "lightning_logs" / "version_0" / "checkpoints"
     last = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
-    start = torch.load(ckpts / "start.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    (start,) = start_weights
     saved, trained = last["state_dict"], last["current_model_state"]
     moved = [k for k, v in trained.items() if v.is_floating_point() and "running_center" not in k and not torch.equal(v, start[k])]
     assert "head.mlp.weight" in moved and any(k.startswith("backbone.") for k in moved)
@@ -95,7 +113,8 @@ def test_fit_saves_the_interpolated_weights_centred_on_the_validation_photos(tmp
     assert not torch.allclose(saved["head.running_center"], trained["head.running_center"], atol=1e-3)
 
 
-def test_a_resumed_fit_goes_on_from_the_trained_weights_and_interpolates_from_the_start(tmp_path, zoo_cli):
+def test_a_resumed_fit_goes_on_from_the_trained_weights_and_interpolates_from_the_start(tmp_path, zoo_cli,
+                                                                                       start_weights):
     """--ckpt_path last.ckpt: training goes on (Lightning's WeightAveraging restores the trained
     weights, current_model_state) and the next save still interpolates from the first run's
     start, not from the interpolated weights the resumed run was loaded from."""
@@ -109,7 +128,7 @@ def test_a_resumed_fit_goes_on_from_the_trained_weights_and_interpolates_from_th
     code, _, err = zoo_cli(*args, "--trainer.max_epochs", "1")
     assert code == 0, err
     ckpts = runs / "lightning_logs" / "version_0" / "checkpoints"
-    start = torch.load(ckpts / "start.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    start = start_weights[0]
     first = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
     code, _, err = zoo_cli(*args, "--trainer.max_epochs", "2", "--ckpt_path", ckpts / "last.ckpt")
     assert code == 0, err

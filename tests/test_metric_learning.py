@@ -192,8 +192,8 @@ def test_randaugment_from_timm(tmp_path):
 
 
 def test_randaugment_at_full_magnitude_posterizes_to_one_bit_not_zero():
-    """timm's increasing posterize asks for 0 bits at magnitude 10, which Pillow refuses (a
-    ValueError in a loader worker ended a training); zoo keeps one bit."""
+    """timm's increasing posterize asks for 0 bits at magnitude 10, which Pillow 13 refuses (a
+    ValueError in a loader worker ended a training); zoo keeps one bit, whatever Pillow does with 0."""
     from PIL import ImageOps
 
     from zoo.data.augment import timm_augmentation
@@ -205,8 +205,6 @@ def test_randaugment_at_full_magnitude_posterizes_to_one_bit_not_zero():
     ra.ops[0].prob = 1.0  # always applied
     assert len(ra.ops) == 1 and ra.ops[0].level_fn(10.0, ra.ops[0].hparams) == (0,)  # timm asks for 0 bits
     image = Image.radial_gradient("L").convert("RGB")
-    with pytest.raises(ValueError):
-        ImageOps.posterize(image, 0)
     out = ra(image)
     assert out.getextrema() == ImageOps.posterize(image, 1).getextrema() == ((0, 128),) * 3
 

@@ -211,7 +211,7 @@ def test_update_reuses_the_build_precision(shapes_dir, tmp_path, zoo_cli, monkey
 def test_update_of_an_fp32_index_stays_fp32_on_a_bf16_cpu(shapes_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "u.index"
     monkeypatch.setenv("ZOO_CPU_BF16", "0")
-    zoo.build_index(shapes_dir, tiny_model(), out=out)
+    zoo.build_index(shapes_dir, tiny_model(), out=out, trainer=default_trainer(False, accelerator="cpu"))
     assert meta_of(out)["precision"] == "32-true"
     edit_meta(out, lambda m: m.pop("precision"))  # an index of an older zoo: 32-true
     assert current_precision(out) == "32-true"

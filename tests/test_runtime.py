@@ -82,7 +82,10 @@ def test_a_trainer_without_a_runtime_runs_torch():
 
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     assert rt.runtime_of(trainer, 10_000) == "torch"
-    assert default_trainer(False, runtime="torch").zoo_runtime == "torch"
+    assert default_trainer(False, runtime="torch", accelerator="cpu").zoo_runtime == "torch"
+
+
+ON_CPU = ["--trainer.accelerator", "cpu"]  # the compiled runtimes run on the CPU, also on a GPU machine
 
 
 # ---- agreement with torch fp32 ------------------------------------------------------------------------
@@ -91,8 +94,8 @@ def test_a_trainer_without_a_runtime_runs_torch():
 def test_compiled_runtime_agrees_with_torch_fp32(shapes_dir, runtime, capsys):
     model = tiny_model()
     records = scan_folder(shapes_dir)
-    ref = embed(model, records, trainer=default_trainer(False, runtime="torch"), num_workers=0)
-    got = embed(model, records, trainer=default_trainer(False, runtime=runtime), num_workers=0)
+    ref = embed(model, records, trainer=default_trainer(False, runtime="torch", accelerator="cpu"), num_workers=0)
+    got = embed(model, records, trainer=default_trainer(False, runtime=runtime, accelerator="cpu"), num_workers=0)
     assert model.runtime == runtime and getattr(model, "compiled", None) is not None  # it did not fall back
     assert [r.path for r in got.records] == [r.path for r in ref.records]
     assert cosines(got.vectors, ref.vectors).min() >= 0.9999
@@ -122,24 +125,24 @@ def test_a_model_that_does_not_export_falls_back_to_torch_under_auto(monkeypatch
 @pytest.mark.skipif("onnx" not in INSTALLED, reason="onnxruntime is not installed")
 def test_index_records_its_runtime_and_update_keeps_it(shapes_dir, tmp_path, zoo_cli):
     out = tmp_path / "a.index"
-    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, "--runtime", "onnx", *TINY)
+    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, "--runtime", "onnx", *TINY, *ON_CPU)
     assert code == 0, err
     assert "images on cpu with onnx, precision 32-true" in err
     assert meta_of(out)["runtime"] == "onnx" and meta_of(out)["precision"] == "32-true"
     Image.new("RGB", (40, 40), (200, 30, 30)).save(shapes_dir / "circle" / "new.png")
-    code, _, err = zoo_cli("index", "--update", "--out", out, *TINY)  # auto: the index's own
+    code, _, err = zoo_cli("index", "--update", "--out", out, *TINY, *ON_CPU)  # auto: the index's own
     assert code == 0, err
     assert "embedding 1 images on cpu with onnx, precision 32-true" in err
     assert meta_of(out)["runtime"] == "onnx"
     Image.new("RGB", (40, 40), (30, 200, 30)).save(shapes_dir / "circle" / "new2.png")
-    code, _, err = zoo_cli("index", "--update", "--out", out, "--runtime", "torch", *TINY)
+    code, _, err = zoo_cli("index", "--update", "--out", out, "--runtime", "torch", *TINY, *ON_CPU)
     assert code == 0, err
     assert "embedding 1 images on cpu, precision" in err and "built with runtime onnx" in err
 
 
 def test_small_runs_and_old_indexes_are_torch(shapes_dir, tmp_path, zoo_cli):
     out = tmp_path / "a.index"
-    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY)
+    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY, *ON_CPU)
     assert code == 0, err
     assert "images on cpu, precision 32-true" in err and meta_of(out)["runtime"] == "torch"
     assert load_index(out).runtime == "torch"
@@ -169,7 +172,7 @@ def test_bad_runtimes_are_one_line(shapes_dir, tmp_path, zoo_cli):
 @needs_runtimes
 def test_serve_runs_the_compiled_forward_and_agrees(shapes_dir, tmp_path):
     out = tmp_path / "a.index"
-    zoo.build_index(shapes_dir, tiny_model(), out=out, trainer=default_trainer(False, runtime="torch"), num_workers=0)
+    zoo.build_index(shapes_dir, tiny_model(), out=out, trainer=default_trainer(False, runtime="torch", accelerator="cpu"), num_workers=0)
     torch_svc = SearchService(load_index(out), out)
     fast = SearchService(load_index(out), out, runtime="auto")
     assert torch_svc.runtime == "torch" and fast.runtime == INSTALLED[0] and fast.compiled is not None
@@ -202,7 +205,7 @@ def test_runtimes_agree_with_torch_fp32_on_real_photos(tmp_path):
     runtime's fp32 path."""
     records = photos_and_copies(tmp_path / "copies")
     model = zoo.ZooModel("mobilenetv2_100", weights=str(SHARED / "weights" / "mobilenetv2_100_in1k.pth")).build()
-    ref = embed(model, records, trainer=default_trainer(False, runtime="torch"), num_workers=0).vectors
+    ref = embed(model, records, trainer=default_trainer(False, runtime="torch", accelerator="cpu"), num_workers=0).vectors
 
     def neighbours(v):
         s = v @ v.T
@@ -212,7 +215,7 @@ def test_runtimes_agree_with_torch_fp32_on_real_photos(tmp_path):
     ref_top, ref_pairs = neighbours(ref)
     assert len(ref_pairs) >= 4  # the copies: the pairs are a real check
     for runtime in INSTALLED:
-        got = embed(model, records, trainer=default_trainer(False, runtime=runtime), num_workers=0).vectors
+        got = embed(model, records, trainer=default_trainer(False, runtime=runtime, accelerator="cpu"), num_workers=0).vectors
         top, pairs = neighbours(got)
         overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top)])
         assert cosines(got, ref).min() >= 0.999, runtime

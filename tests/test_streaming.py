@@ -28,6 +28,13 @@ def tiny_model(**kw):
     return zoo.ZooModel("resnet50", pretrained=False, data_config={"image_size": 64}, **kw).build()
 
 
+def cpu_index(images):
+    """The reference: the tiny model's index built in fp32 on the CPU, also on a GPU machine."""
+    cpu = L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
+                    enable_model_summary=False)
+    return zoo.build_index(images, tiny_model(), trainer=cpu)
+
+
 def same_index(a, b):
     """Same items in the same id order, same vectors (up to float rounding)."""
     ia, va, _ = a.vectors()
@@ -219,7 +226,7 @@ def test_a_killed_zoo_index_resumes(tmp_path):
     images = make_shapes(tmp_path / "many", per_class=20, seed=1, shapes=("circle", "square", "triangle"))
     out = tmp_path / "k.index"
     cmd = [sys.executable, "-m", "zoo", "index", "--images", str(images), "--out", str(out), *TINY,
-           "--batch_size", "2", "--shard_size", "2"]
+           "--batch_size", "2", "--shard_size", "2", "--trainer.accelerator", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
@@ -234,7 +241,7 @@ def test_a_killed_zoo_index_resumes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-500:]
     assert f"resuming: {done} of 60 images" in rerun.stderr
     assert "img/s" in rerun.stderr and "precision 32-true" in rerun.stderr  # rate, ETA and what runs, on stderr
-    same_index(zoo.load_index(out), zoo.build_index(images, tiny_model()))
+    same_index(zoo.load_index(out), cpu_index(images))
 
 
 def test_two_processes_build_the_same_index_as_one(shapes_dir, tmp_path):
@@ -250,7 +257,7 @@ def test_two_processes_build_the_same_index_as_one(shapes_dir, tmp_path):
     # the first process's bar: its own half (3 batches of 2), so the other half came from the other's shards
     assert "| 3/3 [" in run.stderr and "/6 [" not in run.stderr
     assert run.stdout.count("zoo: indexed 12 items") == 1  # one process builds and reports the index
-    same_index(zoo.load_index(out), zoo.build_index(shapes_dir, tiny_model()))
+    same_index(zoo.load_index(out), cpu_index(shapes_dir))
 
 
 def test_a_planted_work_folder_link_is_never_followed_or_removed(shapes_dir, tmp_path, capsys):
@@ -268,7 +275,8 @@ def test_a_planted_work_folder_link_is_never_followed_or_removed(shapes_dir, tmp
 
 def test_cli_index_says_what_runs_and_channels_last_gives_the_same_vectors(shapes_dir, tmp_path, zoo_cli):
     out = tmp_path / "cl.index"
-    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY, "--channels_last", "true")
+    code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", out, *TINY, "--channels_last", "true",
+                           "--trainer.accelerator", "cpu")
     assert code == 0, err
     assert "zoo: embedding 12 images on cpu, precision 32-true, channels_last, decoding on the CPU, batch 32, 0 loader workers" in err
-    same_index(zoo.load_index(out), zoo.build_index(shapes_dir, tiny_model()))
+    same_index(zoo.load_index(out), cpu_index(shapes_dir))

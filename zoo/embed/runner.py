@@ -68,15 +68,15 @@ class EmbeddingWriter(BasePredictionWriter):
 
 
 def default_trainer(progress: bool = True, precision: Optional[str] = None, recorded: Optional[str] = None,
-                    runtime: str = AUTO) -> L.Trainer:
+                    runtime: str = AUTO, accelerator: str = "auto") -> L.Trainer:
     """One device, at the precision zoo.model.inference decides for it (bf16 autocast on a GPU
     and, with ZOO_CPU_BF16=1, on a CPU that computes bf16 natively; zoo.cli does the same for the commands).
     ``precision``: asked for; ``recorded``: an index's own, kept where the device computes it.
     ``runtime``: of the forward (zoo.model.runtime; auto: a compiled fp32 forward on the CPU for
-    big runs)."""
+    big runs). ``accelerator``: Lightning's ("auto": the GPU where there is one)."""
     trainer = L.Trainer(
-        accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-        precision=inference_setting("auto", precision, recorded=recorded).precision,
+        accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+        precision=inference_setting(accelerator, precision, recorded=recorded).precision,
         enable_model_summary=False, enable_progress_bar=progress, callbacks=[StderrProgressBar()] if progress else None,
     )
     trainer.zoo_runtime = check_runtime(runtime)
