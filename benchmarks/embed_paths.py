@@ -40,7 +40,9 @@ PATHS = [
 
 
 def available(paths: list[Path_]) -> list[Path_]:
-    return [p for p in paths if p.runtime == "torch" or installed(p.runtime)]
+    """The paths this machine runs: the compiled runtimes (CPU only) where installed and there is no GPU."""
+    gpu = torch.cuda.is_available()
+    return [p for p in paths if p.runtime == "torch" or (not gpu and installed(p.runtime))]
 
 
 def trainer_of(path: Path_):
@@ -48,27 +50,33 @@ def trainer_of(path: Path_):
 
 
 def forward_rate(model, path: Path_, batch: int, seconds: float) -> float:
-    """Images per second of the bare forward on device-resident random tensors."""
+    """Images per second of the bare forward on device-resident random tensors (on the GPU
+    where there is one)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x = torch.randn(batch, *model.data_config["input_size"])
     model.eval()
     if path.runtime != "torch":
         fn = compiled_forward(model, path.runtime, path.precision)
     else:
         cl = path.channels_last if path.channels_last is not None else path.precision == "bf16-mixed"
-        model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        model.to(device=device, memory_format=torch.channels_last if cl else torch.contiguous_format)
+        x = x.to(device)
         xx = x.contiguous(memory_format=torch.channels_last) if cl else x
         dtype = torch.bfloat16 if path.precision == "bf16-mixed" else None
 
         def fn(_):
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 return model(xx)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         fn(x)  # warm-up (and compile)
+        sync()
         n, t = 0, time.perf_counter()
         while time.perf_counter() - t < seconds:
             fn(x)
             n += batch
-    model.to(memory_format=torch.contiguous_format)
+        sync()
+    model.to(device="cpu", memory_format=torch.contiguous_format)
     return n / (time.perf_counter() - t)
 
 
