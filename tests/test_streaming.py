@@ -30,9 +30,7 @@ def tiny_model(**kw):
 
 def cpu_index(images):
     """The reference: the tiny model's index built in fp32 on the CPU, also on a GPU machine."""
-    cpu = L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_progress_bar=False,
-                    enable_model_summary=False)
-    return zoo.build_index(images, tiny_model(), trainer=cpu)
+    return zoo.build_index(images, tiny_model(), trainer=default_trainer(False, accelerator="cpu"))
 
 
 def same_index(a, b):
