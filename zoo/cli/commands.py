@@ -24,6 +24,7 @@ from zoo.index.command import run_index, run_search
 from zoo.model.listing import list_registered
 from zoo.model.module import ZooModel, model_config
 from zoo.model.restore import load_model
+from zoo.model.soup import make_soup
 
 
 def resolve_model(model: ZooModel, backbone: Optional[str] = None, checkpoint: Optional[str] = None) -> ZooModel:
@@ -309,6 +310,20 @@ class ZooTrainer(L.Trainer):
                    page="#review" if duplicates else "",  # precision: the index's own by default
                    calibration=calibration, runtime=runtime)
 
+    @command("overwrite")
+    def soup(self, model: ZooModel = None, checkpoints: Optional[list[str]] = None, out: str = "soup.ckpt",
+             overwrite=False) -> None:
+        """Average checkpoints fine-tuned from one start into one checkpoint (a model soup).
+
+        The result keeps fewer photos in another class's cluster than any one run, at one model's
+        cost; every command loads it with --checkpoint.
+
+        Args:
+            checkpoints: two or more checkpoints fine-tuned from the same start (e.g. two configs or seeds).
+            out: the checkpoint to write.
+        """
+        make_soup(checkpoints or [], out, overwrite=overwrite)
+
     @command()
     def list_registered(self, model: ZooModel = None, pattern: str = "*", timm: bool = False) -> None:
         """List registered backbones and heads (wildcards allowed, e.g. 'res*') and which weights are offline.
@@ -321,4 +336,5 @@ class ZooTrainer(L.Trainer):
 
 
 ZooTrainer.list = ZooTrainer.list_registered  # `zoo list`
-COMMANDS = ("index", "search", "compare", "duplicates", "calibrate", "check", "benchmark", "export", "serve", "list")
+COMMANDS = ("index", "search", "compare", "duplicates", "calibrate", "check", "benchmark", "export", "soup", "serve",
+            "list")

@@ -70,13 +70,9 @@ def restore_model(hparams: Any, recipe: Any, weights: Optional[dict | str | Path
     return model.eval()
 
 
-def load_model(checkpoint: str) -> ZooModel:
-    """A trained ZooModel from a Lightning checkpoint, ready to embed (eval mode).
-
-    The file is read with ``weights_only=True``: tensors and plain values only, so a crafted
-    checkpoint cannot run code; anything else is refused. The networks are rebuilt from the
-    checkpoint's own recipe and weights (restore_model): no other file is read.
-    """
+def read_checkpoint(checkpoint: str | Path) -> dict:
+    """A checkpoint file's contents, read with ``weights_only=True`` (tensors and plain values
+    only: a crafted file cannot run code); it must hold hyper_parameters and a state_dict."""
     if not Path(checkpoint).is_file():
         raise ZooError(f"checkpoint not found: {checkpoint}")
     try:
@@ -88,6 +84,17 @@ def load_model(checkpoint: str) -> ZooModel:
         raise ZooError(f"cannot load checkpoint {checkpoint}: {one_line(e, 160)}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("hyper_parameters"), dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ZooError(f"{checkpoint} is not a zoo checkpoint (no hyper_parameters/state_dict)")
+    return ckpt
+
+
+def load_model(checkpoint: str) -> ZooModel:
+    """A trained ZooModel from a Lightning checkpoint, ready to embed (eval mode).
+
+    The file is read with ``weights_only=True``: tensors and plain values only, so a crafted
+    checkpoint cannot run code; anything else is refused. The networks are rebuilt from the
+    checkpoint's own recipe and weights (restore_model): no other file is read.
+    """
+    ckpt = read_checkpoint(checkpoint)
     model = restore_model(ckpt["hyper_parameters"], ckpt.get("zoo_recipe"), ckpt["state_dict"], source=str(checkpoint))
     model.set_trained_from(ckpt.get("zoo_weights_id"))
     model.checkpoint_path = str(checkpoint)  # names `zoo export`'s file, recorded by `zoo benchmark --wandb`
