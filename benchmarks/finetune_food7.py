@@ -2,18 +2,20 @@
 
     python benchmarks/finetune_food7.py [--images ../shared/data/food7] [--test-fraction 0.4]
         [--config configs/metric/mobilenetv2_shared.yaml [configs/triplet/mobilenetv2_shared.yaml ...]]
-        [--seeds 3] [--epochs N] [--work runs/finetune] [--overwrite] [--wandb]
+        [--seeds 3] [--epochs N] [--soup] [--work runs/finetune] [--overwrite | --resume] [--wandb]
 
 For each seed s (0 .. --seeds - 1): each class is split (seeded by s) into train and test photos;
 ``zoo fit`` trains every --config on the train photos (its own validation split is taken from
 them; --seed_everything s), keeping the best epoch by val/map; then ``zoo benchmark`` scores the
 frozen backbone of the first config and every trained checkpoint on the test photos with the
-same protocol (leave-one-out within the test photos). It reports hit@1, hit@10, P@10, mAP,
-MAP@R, the median cosine of each test photo to its nearest other test photo (how much of the
-space the model uses: near 1, every photo has a "twin" and cosine thresholds mean little) and
-the training time, per seed and as mean, standard deviation and range over the seeds; and checks
-the targets of issue 24 on the first fine-tuned recipe. Results: WORK/summary.{json,md},
-WORK/seed-S/benchmark/ (zoo benchmark's report; with --wandb also its W&B runs).
+same protocol (leave-one-out within the test photos); with --soup also the average of the
+seed's trained checkpoints (``zoo soup``). It reports hit@1, hit@10, P@10, mAP, MAP@R, the
+median cosine of each test photo to its nearest other test photo (how much of the space the
+model uses: near 1, every photo has a "twin" and cosine thresholds mean little) and the training
+time, per seed and as mean, standard deviation and range over the seeds; and checks the targets
+of issue 24 on the soup, else on the first fine-tuned recipe. Results: WORK/summary.{json,md},
+WORK/seed-S/benchmark/ (zoo benchmark's report; with --wandb also its W&B runs). --resume keeps
+the finished splits and training runs of a stopped --work folder.
 """
 from __future__ import annotations
 
@@ -46,7 +48,12 @@ TARGETS = {"hit@1": (">=", 0.96), "hit@10": (">=", 0.995), "mAP": (">=", 0.90), 
 def split(images: str, dest: Path, test_fraction: float, seed: int, listing: str | None = None) -> tuple[Path, Path]:
     """Link each class's photos into dest/train/<class> and dest/test/<class>. Photos that
     ``listing`` names as one picture (crops, frames of one video: one_picture.listed_pictures)
-    go to one side together, so no test photo has a twin in training."""
+    go to one side together, so no test photo has a twin in training. A finished split (its
+    marker written last) is kept: the split is a function of the seed."""
+    if (dest / "done").is_file():
+        return dest / "train", dest / "test"
+    if dest.exists():
+        shutil.rmtree(dest)  # a split a stop interrupted
     pictures = listed_pictures(listing, images)
     by_class: dict[str, dict] = {}
     for r in scan_folder(images):
@@ -67,6 +74,7 @@ def split(images: str, dest: Path, test_fraction: float, seed: int, listing: str
                     os.link(p, dest / part / label / p.name)
                 except OSError:
                     shutil.copy2(p, dest / part / label / p.name)
+    (dest / "done").write_text(f"seed {seed}\n")
     return dest / "train", dest / "test"
 
 
@@ -88,22 +96,43 @@ def frozen_args(config: str) -> list[str]:
     return out
 
 
+def train_run(args, config: str, train: Path, seed: int, run: Path) -> tuple[Path, float]:
+    """``zoo fit`` of one config on one split: its best checkpoint and the training seconds.
+    With --resume a run that finished before (run/train.json, written last) is not repeated."""
+    done = run / "train.json"
+    if args.resume and done.is_file():
+        record = json.loads(done.read_text())
+        return run / record["best"], float(record["seconds"])
+    if run.exists():
+        shutil.rmtree(run)  # unfinished, or replaced
+    t = time.perf_counter()
+    epochs = ["--trainer.max_epochs", str(args.epochs)] if args.epochs is not None else []
+    code = zoo(["fit", "--config", config, "--data.root", str(train), *epochs,
+                "--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed),
+                "--trainer.default_root_dir", str(run), "--trainer.logger.init_args.save_dir", str(run)])
+    seconds = time.perf_counter() - t
+    if code:
+        raise SystemExit(code)
+    best = sorted(run.rglob("best-*.ckpt")) or sorted(p for p in run.rglob("*.ckpt") if p.name != "last.ckpt")
+    done.write_text(json.dumps({"best": str(best[0].relative_to(run)), "seconds": seconds}))
+    return best[0], seconds
+
+
 def run_seed(args, seed: int, work: Path) -> list[dict]:
     """Train every config on seed ``seed``'s split and benchmark frozen + trained: a row each."""
     train, test = split(args.images, work / "split", args.test_fraction, seed, args.same_photos)
     trained = []
     for config in args.config:
         run = work / recipe_name(config).replace("/", "-")
+        trained.append((recipe_name(config), *train_run(args, config, train, seed, run)))
+    if args.soup:  # the runs averaged into one model (zoo soup); its training time is theirs together
         t = time.perf_counter()
-        epochs = ["--trainer.max_epochs", str(args.epochs)] if args.epochs is not None else []
-        code = zoo(["fit", "--config", config, "--data.root", str(train), *epochs,
-                    "--seed_everything", str(seed), "--data.seed", str(seed), "--model.seed", str(seed), "--trainer.default_root_dir", str(run),
-                    "--trainer.logger.init_args.save_dir", str(run)])
-        train_s = time.perf_counter() - t
+        soup = work / "soup.ckpt"
+        code = zoo(["soup", "--checkpoints", *[str(c) for _, c, _ in trained], "--out", str(soup), "--overwrite"])
         if code:
             raise SystemExit(code)
-        best = sorted(run.rglob("best-*.ckpt")) or sorted(p for p in run.rglob("*.ckpt") if p.name != "last.ckpt")
-        trained.append((recipe_name(config), best[0], train_s))
+        names = " + ".join(name.split("/")[-1] for name, _, _ in trained)
+        trained.append((f"soup({names})", soup, sum(s for _, _, s in trained) + time.perf_counter() - t))
     code = zoo(["benchmark", "--images", str(test), "--protocol", "loo", *frozen_args(args.config[0]),
                 "--checkpoint", *[str(c) for _, c, _ in trained], "--out", str(work / "benchmark"), "--samples", "2",
                 *(["--wandb", "--wandb_project", "zoo-finetune"] if args.wandb else [])])
@@ -145,7 +174,8 @@ def table(summary: dict, seeds: int) -> str:
 
 
 def targets(summary: dict) -> str:
-    name = next((m for m in summary if m != "frozen"), None)
+    """The issue's targets, checked on the soup where there is one, else the first fine-tuned model."""
+    name = next((m for m in summary if m.startswith("soup(")), None) or next((m for m in summary if m != "frozen"), None)
     if name is None:
         return ""
     s = summary[name]
@@ -174,13 +204,19 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=None, help="run this one seed only")
     p.add_argument("--work", default="runs/finetune")
     p.add_argument("--wandb", action="store_true", help="log zoo benchmark's runs (frozen vs fine-tuned) to W&B")
+    p.add_argument("--soup", action="store_true", help="also average the configs' runs of each seed into one "
+                   "model (zoo soup) and check the targets on it; its training time is the runs' together")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --work folder")
+    p.add_argument("--resume", action="store_true", help="keep an existing --work folder's finished splits and "
+                   "training runs (after a stop); benchmarks run again")
     args = p.parse_args()
 
     work = Path(args.work)
-    if work.exists():
+    if args.soup and len(args.config) < 2:
+        raise SystemExit("--soup needs two or more --config")
+    if work.exists() and not args.resume:
         if not args.overwrite:
-            raise SystemExit(f"{work} exists; pass --overwrite to replace it, or another --work")
+            raise SystemExit(f"{work} exists; pass --overwrite to replace it, --resume to go on, or another --work")
         shutil.rmtree(work)
     seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
     rows = []

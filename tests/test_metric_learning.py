@@ -209,7 +209,7 @@ def test_randaugment_at_full_magnitude_posterizes_to_one_bit_not_zero():
     assert out.getextrema() == ImageOps.posterize(image, 1).getextrema() == ((0, 128),) * 3
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2_shared", "resnet50", "vgg16", "inception_resnet_v2"])
+@pytest.mark.parametrize("name", ["mobilenetv2_shared", "mobilenetv2_shared_closeups", "resnet50", "vgg16", "inception_resnet_v2"])
 def test_metric_configs_parse(name, zoo_cli):
     code, out, err = zoo_cli("fit", "--config", CONFIGS / f"{name}.yaml", "--print_config")
     assert code == 0, err
