@@ -315,8 +315,8 @@ class ZooTrainer(L.Trainer):
              overwrite=False) -> None:
         """Average checkpoints fine-tuned from one start into one checkpoint (a model soup).
 
-        The result keeps fewer photos in another class's cluster than any one run, at one model's
-        cost; every command loads it with --checkpoint.
+        The result behaves like an ensemble of the runs at one model's cost; every command loads
+        it with --checkpoint.
 
         Args:
             checkpoints: two or more checkpoints fine-tuned from the same start (e.g. two configs or seeds).

@@ -1,9 +1,9 @@
 """Model soups (Wortsman et al., 2022): one model whose weights are the mean of several models
 fine-tuned from one start. Fine-tunes from one start stay in one basin, so the average works as
 a model and behaves like an ensemble of them at the cost of one. It needs no more training than
-the runs themselves, and it keeps fewer photos in the wrong class's cluster than any one run.
-On food7: the labelled recipe plus its close-up variant (README "Fine-tuning on labelled
-classes").
+the runs themselves. On food7 (the labelled recipe plus its close-up variant, README
+"Fine-tuning on labelled classes"), the soup left fewer held-out photos without a photo of their
+class among their 10 nearest than either run on 4 seeds of 5.
 
 ``soup_state`` is the maths on state dicts; ``make_soup`` reads checkpoints (as load_model does:
 tensors and plain values only) and writes one that every command loads like a trained
