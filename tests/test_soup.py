@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from shapes import make_shapes, triplet_fit_args
+
 from zoo.errors import ZooError
 from zoo.io import sha256_file
 from zoo.model.restore import load_model
@@ -22,9 +22,11 @@ def test_soup_state_is_the_mean_tensor_by_tensor_and_counters_come_from_the_firs
     assert torch.equal(out["w"], torch.tensor([2.0, 3.0]))
     assert out["h"].dtype == torch.float16 and torch.equal(out["h"], torch.tensor([3.0], dtype=torch.float16))
     assert torch.equal(out["n"], torch.tensor(3))
-    with pytest.raises(ZooError, match=r"model 2 has other tensors than model 1 \(extra \['x'\], missing \['n'\]\)"):
+    with pytest.raises(ZooError, match=r"^model 2's state \(against model 1's\) does not fit the model: "
+                                        r"tensors missing 1 \(n\); unexpected 1 \(x\)$"):
         soup_state([a, {"w": b["w"], "h": b["h"], "x": b["n"]}])
-    with pytest.raises(ZooError, match=r"model 2 differs from model 1 in shape at \['w'\]"):
+    with pytest.raises(ZooError, match=r"^model 2's state \(against model 1's\) does not fit the model: "
+                                        r"tensors of another shape 1 \(w\)$"):
         soup_state([a, {**b, "w": torch.zeros(3)}])
     with pytest.raises(ZooError, match="two or more"):
         soup_state([a])
@@ -93,6 +95,26 @@ def test_a_soup_refuses_other_models_a_single_checkpoint_and_overwriting(fits, t
 class Payload:
     def __reduce__(self):
         return (print, ("this ran",))
+
+
+def test_a_state_dict_that_does_not_fit_is_one_line_before_anything_is_written(fits, tmp_path, zoo_cli):
+    """A checkpoint whose state_dict holds a number where a tensor was, or lacks a tensor: one
+    line naming it, whichever side of the soup it is on, and no file."""
+    good = torch.load(fits["a"], map_location="cpu", weights_only=True)
+    name = next(iter(good["state_dict"]))
+    number, short = tmp_path / "number.ckpt", tmp_path / "short.ckpt"
+    torch.save({**good, "state_dict": {**good["state_dict"], name: 3}}, number)
+    torch.save({**good, "state_dict": {k: v for k, v in good["state_dict"].items() if k != name}}, short)
+    code, _, err = zoo_cli("soup", "--checkpoints", fits["a"], number, "--out", tmp_path / "soup.ckpt")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"zoo: error: {number}'s state_dict does not fit the model: tensors of another shape 1 ({name})")
+    code, _, err = zoo_cli("soup", "--checkpoints", fits["a"], short, "--out", tmp_path / "soup.ckpt")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"zoo: error: {short}'s state_dict does not fit the model: tensors missing 1 ({name})")
+    code, _, err = zoo_cli("soup", "--checkpoints", number, fits["a"], "--out", tmp_path / "soup.ckpt")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"zoo: error: {number} does not hold the recorded model")
+    assert not (tmp_path / "soup.ckpt").exists()
 
 
 def test_a_checkpoint_built_to_unpickle_is_refused_before_anything_is_written(fits, tmp_path, zoo_cli, capsys):

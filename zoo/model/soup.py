@@ -13,14 +13,14 @@ buffer and is averaged like the weights: to first order it is the centre of the 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from zoo.errors import ZooError
 from zoo.io import atomic_path, refuse_overwrite, sha256_file
-from zoo.model.module import model_config
+from zoo.model.module import check_state, model_config
 from zoo.model.restore import read_checkpoint, restore_model
 
 SAME = ("backbone", "head", "head_kwargs", "model_kwargs", "data_config")  # what makes two models one architecture
@@ -28,18 +28,13 @@ SAME = ("backbone", "head", "head_kwargs", "model_kwargs", "data_config")  # wha
 
 def soup_state(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The mean of ``states`` tensor by tensor (computed in float64, kept in each tensor's dtype);
-    tensors that are not floating point (counters) come from the first state. All states must
-    have the same names and shapes."""
+    tensors that are not floating point (counters) come from the first state. Every state must
+    have the first's tensor names and shapes (zoo.model.module.check_state)."""
     if len(states) < 2:
         raise ZooError("a soup needs two or more models")
     first = states[0]
     for i, state in enumerate(states[1:], start=2):
-        if state.keys() != first.keys():
-            extra, missing = sorted(state.keys() - first.keys()), sorted(first.keys() - state.keys())
-            raise ZooError(f"model {i} has other tensors than model 1 (extra {extra[:3]}, missing {missing[:3]})")
-        shapes = [k for k in first if state[k].shape != first[k].shape]
-        if shapes:
-            raise ZooError(f"model {i} differs from model 1 in shape at {shapes[:3]}")
+        check_state(state, first, f"model {i}'s state (against model 1's)")
     out = {}
     for name, tensor in first.items():
         if tensor.is_floating_point():
@@ -66,11 +61,12 @@ def make_soup(checkpoints: Sequence[str], out: str, overwrite: bool = False) -> 
         if differ:
             raise ZooError(f"{path} is another model than {checkpoints[0]} ({', '.join(differ)} differ); "
                            "a soup averages fine-tunes of one architecture")
-    try:
-        state = soup_state([c["state_dict"] for c in ckpts])
-    except ZooError as e:
-        raise ZooError(f"cannot average {', '.join(map(str, checkpoints))}: {e}") from None
-    restore_model(ckpts[0]["hyper_parameters"], recipes[0], state, source=str(out))  # it loads as a model
+    # the first must load as its recorded model; the others must fit it, name by name and shape by shape
+    own = restore_model(ckpts[0]["hyper_parameters"], recipes[0], ckpts[0]["state_dict"],
+                        source=str(checkpoints[0])).state_dict()
+    for path, ckpt in zip(checkpoints[1:], ckpts[1:]):
+        check_state(ckpt["state_dict"], own, f"{path}'s state_dict")
+    state = soup_state([c["state_dict"] for c in ckpts])
     saved = {key: ckpts[0][key] for key in ("hyper_parameters", "zoo_recipe", "zoo_weights_id") if key in ckpts[0]}
     saved["state_dict"] = state
     saved["zoo_soup"] = [{"checkpoint": Path(c).name, "sha256": sha256_file(c)} for c in checkpoints]
