@@ -35,6 +35,7 @@ from zoo.evaluate.analysis import (
 from zoo.evaluate.resources import PeakMemory, timer
 from zoo.index.core import Hit, ZooIndex
 from zoo.io import write_json, write_rows, write_text
+from zoo.metrics.hubness import DEFAULT_WEIGHT, check_hubness
 from zoo.metrics.retrieval import KS, per_class, retrieval_metrics
 from zoo.model.module import ZooModel, model_config
 from zoo.model.restore import load_model
@@ -122,8 +123,10 @@ def _labelled(records: list[Record], where) -> list[Record]:
 
 def evaluate(arch: Architecture, proto: Protocol, trainer: Optional[L.Trainer], k: int, samples: int,
              batch_size: int, num_workers: int, seed: int, twin_threshold: float = TWIN_THRESHOLD,
-             resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
-    """Embed, index, search and score one architecture; returns its row and details."""
+             resamples: int = BOOTSTRAP_RESAMPLES, hubness: int = 0,
+             hubness_weight: float = DEFAULT_WEIGHT) -> dict[str, Any]:
+    """Embed, index, search and score one architecture; returns its row and details.
+    ``hubness`` K > 0: rank as an index built with --hubness K does (zoo.metrics.hubness)."""
     model = arch.model
     with timer() as t_build:
         model.build()
@@ -143,16 +146,19 @@ def evaluate(arch: Architecture, proto: Protocol, trainer: Optional[L.Trainer], 
         g_rec = [r for r in proto.gallery if r.path in ok]
         g_vec = vec[[ok[r.path] for r in g_rec]]
         g_lab = torch.tensor([cls[r.label] for r in g_rec])
-    res = retrieval_metrics(q_vec, q_lab, g_vec, g_lab, ks=KS, confusion_k=k, num_classes=len(proto.classes))
+    res = retrieval_metrics(q_vec, q_lab, g_vec, g_lab, ks=KS, confusion_k=k, num_classes=len(proto.classes),
+                            hubness=(hubness, hubness_weight) if hubness else None)
     hit1, ap = res["per_query"]["hit@1"].numpy(), res["per_query"]["ap"].numpy()  # (Q,), NaN: no relevant item
     diag = query_diagnostics(q_vec, q_lab, g_vec, g_lab)
     twins = twin_report(vec.numpy(), diag, hit1, ap, twin_threshold)
     ci = {m: bootstrap_ci(v, resamples, seed) for m, v in (("hit@1", hit1), ("map", ap))}
 
     # index build and per-query search latency, as a user would run them
-    index = ZooIndex.create(model)
+    index = ZooIndex.create(model, hubness=hubness, hubness_weight=hubness_weight)
     with timer() as t_index:
         index.add((q_vec if g_vec is None else g_vec).numpy(), g_rec)
+        if hubness:
+            index.refresh_density()
     lat = []
     extra = 1 if proto.gallery is None else 0  # leave-one-out: the query finds itself first
     for i in range(min(len(q_vec), 200)):
@@ -182,6 +188,7 @@ def evaluate(arch: Architecture, proto: Protocol, trainer: Optional[L.Trainer], 
         "queries": res["num_queries"],
         "queries_without_relevant": res["queries_without_relevant"],
         "gallery": len(g_rec) - (1 if proto.gallery is None else 0),
+        "hubness": f"k={hubness}, weight {hubness_weight:g}" if hubness else "none",
         **{k_: round(v, 4) for k_, v in res["summary"].items()},
         **{f"{m}_ci_{end}": round(v, 4) for m, (lo, hi) in ci.items() for end, v in (("low", lo), ("high", hi))},
         "bootstrap_resamples": resamples,
@@ -246,9 +253,13 @@ def run_benchmark(
     archs: list[Architecture], images=None, query=None, gallery=None, protocol="auto", query_fraction=0.2,
     seed=0, k=10, out="benchmark-results", overwrite=False, samples=3, use_wandb=False, wandb_project="zoo",
     trainer: Optional[L.Trainer] = None, batch_size=32, num_workers=2, twin_threshold: float = TWIN_THRESHOLD,
-    resamples: int = BOOTSTRAP_RESAMPLES,
+    resamples: int = BOOTSTRAP_RESAMPLES, hubness: int = 0, hubness_weight: float = DEFAULT_WEIGHT,
 ) -> list[dict]:
     out = Path(out)
+    try:
+        check_hubness(hubness, hubness_weight)
+    except ValueError as e:
+        raise ZooError(str(e)) from None
     if (out / "results.json").exists() and not overwrite:
         raise ZooError(f"{out} already holds benchmark results; pass --overwrite or another --out")
     proto = make_protocol(images, query, gallery, protocol, query_fraction, seed)
@@ -256,7 +267,8 @@ def run_benchmark(
     results = []
     for arch in archs:
         print(f"zoo: benchmarking {arch.name}", file=sys.stderr)
-        results.append(evaluate(arch, proto, trainer, k, samples, batch_size, num_workers, seed, twin_threshold, resamples))
+        results.append(evaluate(arch, proto, trainer, k, samples, batch_size, num_workers, seed, twin_threshold, resamples,
+                                hubness, hubness_weight))
     rows = [r["row"] for r in results]
     out.mkdir(parents=True, exist_ok=True)
 
@@ -280,7 +292,8 @@ def run_benchmark(
 
     warnings_ = [w for w in (twin_warning(r["architecture"], r) for r in rows) if w]
     meta = {"zoo_version": __version__, "protocol": proto.name, "seed": proto.seed, "k": k,
-            "description": proto.describe(), "classes": proto.classes, "bootstrap_resamples": resamples,
+            "description": proto.describe(), "classes": proto.classes,
+            "hubness": {"k": hubness, "weight": hubness_weight} if hubness else None, "bootstrap_resamples": resamples,
             "bootstrap_seed": seed, "twin_threshold": twin_threshold, "warnings": warnings_,
             "notes": [n for n in (twin_note(r["architecture"], r) for r in rows) if n]}
     write_rows(out / "results.csv", rows)

@@ -170,7 +170,7 @@ def run_check(index: Optional[str], query: Sequence[str], calibration: str = "zo
         n_items = len(idx)
         check = load_check(calibration, m["architecture"], m["weights"], n_items)
         found = []
-        for q, hits in idx.search_many(query, k=1, trainer=trainer):  # [(query path, hits)]
+        for q, hits in idx.search_many(query, k=1, trainer=trainer, hubness=False):  # nearest by cosine
             h = hits[0] if hits else None
             near = None if h is None else {"id": h.id, "path": h.path, "label": h.label, "frame": h.frame}
             found.append((q, near, None if h is None else h.similarity))

@@ -26,6 +26,7 @@ from zoo.index.core import ZooIndex
 from zoo.index.persist import current_precision, current_runtime
 from zoo.index.shards import ShardJob, embed_to_shards, is_primary_process, job_key
 from zoo.index.store import common_root, file_state
+from zoo.metrics.hubness import DEFAULT_WEIGHT
 from zoo.model.identity import model_identity
 from zoo.model.module import ZooModel
 from zoo.model.runtime import AUTO, asked_runtime, keep_recorded, runtime_of
@@ -55,6 +56,8 @@ def build_index(
     decode: str = "auto",
     shard_size: int = 4096,
     channels_last: Optional[bool] = None,
+    hubness: int = 0,
+    hubness_weight: float = DEFAULT_WEIGHT,
     **model_kwargs,
 ) -> Optional[ZooIndex]:
     """Embed images (a folder, files, or records) and index them; saved to ``out`` if given.
@@ -66,7 +69,8 @@ def build_index(
     With ``out``, embeddings stream to shards inside it (zoo.index.shards) and the index is built
     from them afterwards: memory stays O(batch), a stopped run resumes where it stopped, and
     in a multi-device run every process embeds its part; only the first returns the index
-    (the others return None).
+    (the others return None). ``hubness`` K > 0: rank searches by cosine minus ``hubness_weight``
+    x each item's density over its K nearest (zoo.index.hubness); an update keeps the index's own.
     """
     out_path = Path(os.path.abspath(out)) if out is not None else None
     if trainer is None:  # an update: the index's own precision and runtime (a trainer says otherwise)
@@ -79,6 +83,8 @@ def build_index(
     if update:
         if out_path is None:
             raise ZooError("--update needs --out, the index to update")
+        if hubness or hubness_weight != DEFAULT_WEIGHT:
+            raise ZooError("--update keeps the index's own --hubness setting; to change it, rebuild with --overwrite")
         if not primary:  # rank 0 holds the lock; this process embeds its part of the same work
             return _update(out_path, images, model, **run)
         indexdir.check_target(out_path, overwrite=False, update=True)
@@ -90,7 +96,8 @@ def build_index(
     records, root = _records(images, exclude=out_path)
     model = (model or ZooModel(**model_kwargs)).build()
     index = ZooIndex.create(model, factory, root=root or common_root([r.path for r in records]), expected=len(records),
-                            precision=str(trainer.precision), runtime=runtime_of(trainer, len(records)))
+                            precision=str(trainer.precision), runtime=runtime_of(trainer, len(records)),
+                            hubness=hubness, hubness_weight=hubness_weight)
     if out_path is None:
         return _embed_into(index, model, records, trainer, batch_size, num_workers, decode, require=True)
     if not primary:

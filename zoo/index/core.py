@@ -25,7 +25,8 @@ from zoo.data.images import Record, records_from
 from zoo.embed.runner import default_trainer, embed, require_some
 from zoo.errors import ZooError
 from zoo.index import folder as indexdir
-from zoo.index.calibrate import calibrate_nprobe
+from zoo.index import hubness as hub
+from zoo.index.calibrate import calibrate_index
 from zoo.index.factory import (
     auto_factory,
     check_search_knobs,
@@ -39,7 +40,7 @@ from zoo.index.factory import (
 )
 from zoo.index.meta import (check_same_model, describe_model, keeps_own_weights, new_meta, recorded_precision,
                             recorded_runtime)
-from zoo.index.persist import open_current, write_version
+from zoo.index.persist import open_current, version_parts, write_version
 from zoo.index.rerank import K_FACTOR, RerankVectors, needs_rerank
 from zoo.index.store import ItemStore, common_root, file_state, resolve_item_path
 from zoo.index.vecfile import VectorFile
@@ -78,13 +79,16 @@ class ZooIndex:
         self._model = None
         self._next_id = store.max_id() + 1
         self.rerank: Optional[RerankVectors] = None  # full vectors on disk for lossy codes (zoo.index.rerank)
+        self.density: Optional[np.ndarray] = None  # by id, with --hubness (zoo.index.hubness)
 
     # ---- building -------------------------------------------------------------------------
     @classmethod
     def create(cls, model, factory: str = "Flat", root: Optional[Path] = None, expected: int = 0,
-               precision: str = FP32, runtime: str = "torch") -> "ZooIndex":
+               precision: str = FP32, runtime: str = "torch", hubness: int = 0,
+               hubness_weight: float = hub.DEFAULT_WEIGHT) -> "ZooIndex":
         """An empty index of vectors made at ``precision`` by ``runtime``; ``factory`` "auto" chooses one for
-        ``expected`` vectors (auto_factory)."""
+        ``expected`` vectors (auto_factory). ``hubness`` K > 0: see zoo.index.hubness."""
+        hub_meta = hub.hubness_meta(hubness, hubness_weight) if hubness else None
         if factory == "auto":
             factory = auto_factory(expected, model.embedding_dim)
         rerank = needs_rerank(factory)
@@ -96,6 +100,8 @@ class ZooIndex:
         if rerank:
             meta["rerank"] = {"k_factor": K_FACTOR}
             out.rerank = RerankVectors(model.embedding_dim)
+        if hub_meta:
+            meta["hubness"] = hub_meta
         return out
 
     def relative(self, path: str) -> str:
@@ -156,6 +162,7 @@ class ZooIndex:
             size, mtime = file_state(r.path) if r.frame is None else (None, None)
             rows.append((i, self.relative(r.path), r.label, r.frame, r.time, size, mtime))
         self.store.add(rows)
+        self.density = None  # neighbourhoods changed: found again when needed
 
     def train(self, take: Callable[[np.ndarray], np.ndarray], n: int) -> None:
         """Train the FAISS index on a sample of the ``n`` vectors to be added (train_index)."""
@@ -176,6 +183,7 @@ class ZooIndex:
         sel = np.asarray(ids, dtype=np.int64)
         self.index = remove_ids(self.index, sel, self.meta.get("search", {}))
         self.store.remove(sel.tolist())
+        self.density = None
         if self.rerank is not None:
             self.rerank.remove(sel)
 
@@ -262,7 +270,7 @@ class ZooIndex:
 
     # ---- the model ------------------------------------------------------------------------
     def describe(self) -> str:
-        return describe_model(self.meta["model"])
+        return describe_model(self.meta["model"]) + (f", {hub.describe(self.meta['hubness'])}" if "hubness" in self.meta else "")
 
     @property
     def precision(self) -> str:
@@ -302,12 +310,19 @@ class ZooIndex:
         better recall. The index keeps its own defaults (meta["search"])."""
         set_search_params(self.index, check_search_knobs(nprobe, ef_search))
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) queries -> similarities (Q, k) and item ids (Q, k); ids of -1 are empty slots."""
+    def search_vectors(self, queries: np.ndarray, k: int = 10, hubness: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) queries -> cosine similarities (Q, k) and item ids (Q, k); ids of -1 are empty
+        slots. An index built with --hubness ranks by cosine minus weight x density unless
+        ``hubness`` is False (the cosine order: what copy checks and calibrations need)."""
         check_k(k)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ZooError(f"query embeddings have dim {queries.shape[-1]}, the index has dim {self.dim} ({self.describe()})")
         k = min(k, len(self)) or 1
+        if hubness and "hubness" in self.meta:
+            if self.density is None:
+                self.refresh_density()
+            sims, ids = self.search_vectors(queries, hub.candidates(k, len(self)), hubness=False)
+            return hub.rerank(sims, ids, self.density, self.meta["hubness"]["weight"], k)
         q = normalised(queries)
         if self.rerank is None:
             return faiss_search(self.index, q, k)
@@ -317,26 +332,7 @@ class ZooIndex:
     def calibrate(self, target: float = 0.95, queries: int = 200, seed: int = 0) -> Optional[dict]:
         """Set an inverted file's default nprobe to the smallest reaching ``target`` recall@10
         on ``queries`` sampled stored vectors (zoo.index.calibrate); recorded in meta.json."""
-        ivf = faiss.try_extract_index_ivf(self.index)
-        if ivf is None or len(self) == 0:
-            return None
-        ids = np.sort(self.store.ids())
-        pick = ids[np.sort(np.random.default_rng(seed).choice(len(ids), min(queries, len(ids)), replace=False))]
-        q = self.rerank.vectors_of(pick) if self.rerank is not None else vectors_by_id(self.index, pick, self.dim)
-        before = int(ivf.nprobe)
-
-        def search(qs: np.ndarray, k: int, nprobe: int) -> np.ndarray:
-            ivf.nprobe = nprobe
-            return self.search_vectors(qs, k)[1]
-
-        try:
-            found = calibrate_nprobe(search, q, ivf.nlist, target)
-        finally:
-            ivf.nprobe = before
-        self.meta["search"] = {**self.meta.get("search", {}), "nprobe": found["nprobe"]}
-        self.meta["calibration"] = found
-        set_search_params(self.index, self.meta["search"])
-        return found
+        return calibrate_index(self, target, queries, seed)
 
     def hits(self, sims: np.ndarray, ids: np.ndarray) -> list[Hit]:
         rows = self.store.get([int(i) for i in ids if i >= 0])
@@ -350,7 +346,7 @@ class ZooIndex:
         return out
 
     def search_many(self, images: Sequence[str | Path], k: int = 10, model=None,
-                    trainer: Optional[L.Trainer] = None) -> list[tuple[str, list[Hit]]]:
+                    trainer: Optional[L.Trainer] = None, hubness: bool = True) -> list[tuple[str, list[Hit]]]:
         """(query path, top-k hits) for every usable image among ``images`` (folders expand);
         unusable ones are reported and left out, so each result stays tied to its query. The
         queries are embedded at the index's own precision unless ``trainer`` says otherwise."""
@@ -360,7 +356,7 @@ class ZooIndex:
         trainer = trainer or default_trainer(recorded=self.precision)  # the index's own precision
         emb = embed(model, records_from(list(images)), trainer=trainer)
         require_some(emb, "the query")
-        sims, ids = self.search_vectors(emb.vectors, k)
+        sims, ids = self.search_vectors(emb.vectors, k, hubness=hubness)
         return [(r.path, self.hits(s, i)) for r, s, i in zip(emb.records, sims, ids)]
 
     def search(self, images, k: int = 10, model=None, trainer: Optional[L.Trainer] = None):
@@ -382,11 +378,17 @@ class ZooIndex:
         if self.rerank is not None and "calibration" not in self.meta:
             self.calibrate()
         meta = {**self.meta, "root": str(self.root), "count": len(self), "dim": self.dim}
+        if "hubness" in meta and self.density is None:
+            self.refresh_density()
+
         self.folder = write_version(path, self.index, self.store, meta, self._model, previous=self.folder,
-                                    extra=self.rerank.save if self.rerank is not None else None)
+                                    extra=version_parts(self.rerank, self.density))
         if self.rerank is not None:
             self.rerank = RerankVectors.open(self.folder, self.dim, path)
         return path
+
+    def refresh_density(self) -> None:
+        self.density = hub.index_density(self)  # every item's, from the index as it is now
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True) -> "ZooIndex":
@@ -398,6 +400,8 @@ class ZooIndex:
         out = cls(index, meta, store, Path(meta["root"]), folder)
         if "rerank" in meta:
             out.rerank = RerankVectors.open(folder, out.dim, path)
+        if "hubness" in meta:
+            out.density = hub.open_density(folder, path, store.max_id())
         return out
 
     def writable_copy(self) -> "ZooIndex":
@@ -405,6 +409,7 @@ class ZooIndex:
         out = ZooIndex(self.index, self.meta, self.store.copy(), self.root, self.folder)
         out._model = self._model
         out.rerank = self.rerank
+        out.density = self.density
         return out
 
 

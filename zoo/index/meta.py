@@ -19,6 +19,7 @@ import numpy as np
 
 from zoo.errors import ZooError
 from zoo.index.factory import faiss_reason, has_item_ids
+from zoo.index.hubness import check_hubness_meta
 from zoo.index.store import ItemStore
 from zoo.index.vectors import stored_ids
 from zoo.io import read_json
@@ -111,6 +112,8 @@ def check_meta(meta: Any, path: Path) -> None:
     if (not isinstance(rerank, dict) or isinstance(rerank.get("k_factor"), bool) or not isinstance(rerank.get("k_factor"), int)
             or not 1 <= rerank["k_factor"] <= 1024):
         raise damaged("rerank must be a mapping with an integer k_factor from 1 to 1024")
+    if "hubness" in meta:
+        check_hubness_meta(meta["hubness"], damaged)
     search = meta.get("search", {})
     if not isinstance(search, dict):
         raise damaged("search settings must be a mapping")

@@ -7,6 +7,7 @@ A version (zoo.index.folder has the layout and the lock) holds
     meta.json           root folder, model identity and recipe, factory, counts (zoo.index.meta)
     model.safetensors   the model's own weights, when they came from a file or a checkpoint
     rerank.npy, rerank_ids.npy  full vectors of an index with lossy codes (zoo.index.rerank)
+    density.npy         each item's neighbourhood density, with --hubness (zoo.index.hubness)
 
 A new version is written beside the current one and switched to atomically, so a reader
 never sees half of one; a reader that loses a race with a writer reads the new version.
@@ -20,9 +21,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import faiss
+import numpy as np
 
 from zoo.errors import ZooError
 from zoo.index import folder as indexdir
+from zoo.index.hubness import FILE as DENSITY_FILE
 from zoo.index.meta import (check_parts_agree, keeps_own_weights, read_faiss, read_meta, recorded_precision,
                             recorded_runtime)
 from zoo.index.store import ItemStore
@@ -62,6 +65,16 @@ def write_version(path: Path, index: faiss.Index, store: ItemStore, meta: dict, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def version_parts(rerank, density) -> Callable[[Path], None]:
+    """write_version's ``extra``: the files beside index.faiss, re-ranking vectors and densities."""
+    def write(folder: Path) -> None:
+        if rerank is not None:
+            rerank.save(folder)
+        if density is not None:
+            np.save(folder / DENSITY_FILE, np.asarray(density, np.float32), allow_pickle=False)
+    return write
 
 
 def open_current(path: Path, mmap: bool = True) -> tuple[faiss.Index, dict, ItemStore, Path]:

@@ -7,6 +7,9 @@ Conventions (the tests pin them down with hand-computed values):
 - in leave-one-out, the query itself is removed from its own ranking;
 - a query with no relevant item in the gallery has no defined AP: it is left out of every
   average and counted in ``queries_without_relevant``;
+- with ``hubness=(k, weight)`` the ranking is by cosine minus weight x the gallery item's
+  density (zoo.metrics.hubness, CSLS), what an index built with ``--hubness k`` searches; in
+  leave-one-out an item's density leaves the query out, as if it had never been indexed;
 - hit@k: at least one relevant item in the top k; precision@k: relevant share of the top k
   (divided by k); AP over the full ranking; R-precision: precision at R = number of relevant
   items; MAP@R: mean over the first R ranks of precision@i at relevant ranks, divided by R.
@@ -18,6 +21,8 @@ from typing import Optional, Sequence
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+from zoo.metrics.hubness import density_from_neighbours, gallery_neighbours, hubness_scores, loo_density
 
 KS = (1, 5, 10)
 
@@ -54,6 +59,7 @@ def retrieval_metrics(
     confusion_k: int = 10,
     num_classes: Optional[int] = None,
     chunk: int = 1024,
+    hubness: Optional[tuple[int, float]] = None,
 ) -> dict:
     """Evaluate cosine retrieval of ``query`` (Q, D) against ``gallery`` (G, D).
 
@@ -62,7 +68,7 @@ def retrieval_metrics(
     Returns ``per_query`` (name -> (Q,) tensor, NaN where a query has no relevant item),
     ``summary`` (name -> float, the mean over queries with a relevant item),
     ``confusion`` (C, C): row c = where class c's top-``confusion_k`` results land (row-normalised),
-    and ``queries_without_relevant``.
+    and ``queries_without_relevant``. ``hubness``: (k, weight) ranks by hubness_scores.
     """
     loo = gallery is None
     q = torch.nn.functional.normalize(query.float(), dim=1)
@@ -72,10 +78,16 @@ def retrieval_metrics(
     class_sizes = torch.bincount(gl, minlength=C)  # (C,)
     per_query: dict[str, list[torch.Tensor]] = {}
     confusion = torch.zeros(C, C, dtype=torch.float64)
+    hub_k, hub_w = hubness if hubness and hubness[0] > 0 else (0, 0.0)
+    if hub_k:
+        top_s, top_i = gallery_neighbours(g, hub_k + 1 if loo else hub_k)
     for start in range(0, len(q), chunk):
         qs = q[start : start + chunk]
         ql = query_labels[start : start + chunk]
         sim = qs @ g.T  # (q, G)
+        if hub_k:
+            dens = loo_density(top_s, top_i, hub_k, start, sim) if loo else density_from_neighbours(top_s, hub_k)
+            sim = hubness_scores(sim, dens, hub_w)
         if loo:
             rows = torch.arange(len(qs))
             sim[rows, rows + start] = float("-inf")

@@ -195,7 +195,7 @@ class SearchService:
         """The upload check for an embedding (D,): "copy" of its nearest item or "new", with the
         calibrated threshold and its expected precision; without a calibration, "calibrated":
         false with the nearest item and its score (zoo.evaluate.check)."""
-        sims, ids = self.idx.search_vectors(vector[None, :], 1)
+        sims, ids = self.idx.search_vectors(vector[None, :], 1, hubness=False)  # the nearest by cosine
         hits = self.idx.hits(sims[0], ids[0])
         if not hits:
             return verdict(self.copy_check, None, None, self.uncalibrated)
