@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_food7.py [--images ../shared/data/food7] [--test-fraction 0.4]
         [--config configs/metric/mobilenetv2_shared.yaml [configs/triplet/mobilenetv2_shared.yaml ...]]
-        [--seeds 3] [--epochs N] [--soup] [--hubness 10] [--work runs/finetune] [--overwrite | --resume] [--wandb]
+        [--seeds 3 | --seed 5 6 7] [--epochs N] [--soup] [--hubness 10] [--work runs/finetune] [--overwrite | --resume] [--wandb]
 
 For each seed s (0 .. --seeds - 1): each class is split (seeded by s) into train and test photos;
 ``zoo fit`` trains every --config on the train photos (its own validation split is taken from
@@ -211,7 +211,7 @@ def main() -> None:
                    help="photos that are one picture (kept on one side of the split); 'none': split photo by photo")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: each config's max_epochs)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (split and training)")
-    p.add_argument("--seed", type=int, default=None, help="run this one seed only")
+    p.add_argument("--seed", type=int, nargs="+", default=None, help="run these seeds instead (e.g. unseen ones: 5 6 7)")
     p.add_argument("--work", default="runs/finetune")
     p.add_argument("--wandb", action="store_true", help="log zoo benchmark's runs (frozen vs fine-tuned) to W&B")
     p.add_argument("--soup", action="store_true", help="also average the configs' runs of each seed into one "
@@ -230,7 +230,7 @@ def main() -> None:
         if not args.overwrite:
             raise SystemExit(f"{work} exists; pass --overwrite to replace it, --resume to go on, or another --work")
         shutil.rmtree(work)
-    seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+    seeds = args.seed if args.seed is not None else list(range(args.seeds))
     rows = []
     for seed in seeds:
         rows += run_seed(args, seed, work / f"seed-{seed}")
