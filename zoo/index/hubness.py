@@ -26,7 +26,7 @@ import numpy as np
 
 from zoo.errors import ZooError
 from zoo.index.vectors import stored_vectors
-from zoo.metrics.hubness import DEFAULT_K, DEFAULT_WEIGHT, check_hubness, hubness_scores
+from zoo.metrics.hubness import DEFAULT_WEIGHT, check_hubness, hubness_scores
 
 FILE = "density.npy"
 CANDIDATES, MIN_CANDIDATES = 10, 100  # candidates fetched by cosine: per result, at least
