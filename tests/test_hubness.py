@@ -151,9 +151,10 @@ def test_options_out_of_range_are_refused(shapes_dir, tmp_path, zoo_cli):
     code, _, err = zoo_cli("index", "--images", shapes_dir, "--out", tmp_path / "x", "--hubness", "-1", *TINY)
     assert code == 2 and "--hubness -1: the neighbourhood size must be an integer from 0 (off) to 1000" in err
     assert not (tmp_path / "x").exists() or not versions(tmp_path / "x")
-    code, _, err = zoo_cli("benchmark", "--images", shapes_dir, "--out", tmp_path / "b", "--hubness", "3",
-                           "--hubness_weight", "0", *TINY)
-    assert code == 2 and "--hubness_weight 0: give a number above 0 and at most 2" in err
+    code, _, err = zoo_cli("benchmark", "--images", shapes_dir, "--out", tmp_path / "b", "--hubness", "1001", *TINY)
+    assert code == 2 and "--hubness 1001: the neighbourhood size must be an integer from 0 (off) to 1000" in err
+    with pytest.raises(ZooError, match="^hubness weight 0: give a number above 0 and at most 2$"):
+        ZooIndex.create(tiny_model(), hubness=3, hubness_weight=0)
 
 
 def test_benchmark_scores_as_the_hubness_index_ranks(shapes_dir, tmp_path, zoo_cli):
@@ -183,7 +184,8 @@ def test_serve_after_update_ranks_by_fresh_densities_and_checks_by_cosine(tmp_pa
 
     images = make_shapes(tmp_path / "shapes", per_class=4, seed=0, shapes=("circle", "square", "triangle"))
     out = tmp_path / "s.index"
-    assert zoo_cli("index", "--images", images, "--out", out, "--hubness", "3", "--hubness_weight", "2", *TINY)[0] == 0
+    zoo.build_index(images, zoo.ZooModel("resnet50", pretrained=False, data_config={"image_size": 64}), out=out,
+                    hubness=3, hubness_weight=2, num_workers=0)
     make_shapes(tmp_path / "more", per_class=2, seed=5, shapes=("circle", "square"))
     for p in (tmp_path / "more").rglob("*.png"):
         p.rename(images / p.parent.name / f"new_{p.name}")

@@ -46,7 +46,7 @@ class ZooTrainer(L.Trainer):
     def index(self, model: ZooModel, images: Optional[str] = None, out: str = "zoo.index", factory: str = "auto",
               update: bool = False, video: Optional[str] = None, every: int = 1, decode: str = "auto",
               shard_size: int = 4096, channels_last: Optional[bool] = None, hubness: int = 0,
-              hubness_weight: float = 0.5, backbone=None, checkpoint=None, runtime="auto", **options) -> None:
+              backbone=None, checkpoint=None, runtime="auto", **options) -> None:
         """Embed a folder of images (or a video's frames) into a persistent FAISS index.
 
         Embeddings stream to shards inside --out as they are made, so memory does not grow with
@@ -57,24 +57,21 @@ class ZooTrainer(L.Trainer):
         Args:
             images: folder of images (recursive; class = parent folder name).
             out: index folder to write.
-            factory: FAISS index_factory string (Flat = exact; e.g. HNSW32, IVF1024,Flat, IVF1024,SQ8,
-                SQfp16), or auto: Flat below 50k images, else IVF (Flat/SQ8/PQ codes by memory).
-            update: bring the index up to date with its folder: new and changed files, removed ones.
+            factory: FAISS index_factory string (Flat = exact, HNSW32, IVF1024,SQ8, ...) or auto
+                (Flat below 50k images, else IVF by memory).
+            update: bring the index up to date with its folder (new, changed, removed files).
             video: index this video's frames instead of a folder.
             every: with --video, keep every N-th frame.
-            decode: where JPEGs are decoded: auto (on the GPU when the model runs on CUDA), cpu or
-                device; what the device cannot decode (PNG, progressive, ...) goes to the workers.
+            decode: where JPEGs decode: auto (the GPU under CUDA), cpu or device.
             shard_size: embeddings per shard written to disk (the most a crash can lose).
             channels_last: channels-last layout (default: on CUDA, with CPU bf16).
-            hubness: K > 0: searches rank by cosine minus --hubness_weight x the item's mean cosine to
-                its K nearest items (hubness reduction, CSLS; 10 is its usual K): photos crowded
-                together stop filling every result list. Scores shown stay cosines; 0: off.
-            hubness_weight: the weight of --hubness (0.5: CSLS's own).
+            hubness: K > 0: rank by cosine minus half the item's mean cosine to its K nearest
+                (hubness reduction, CSLS; 10 is usual); 0: off.
         """
         self.zoo_runtime = runtime
         run_index(resolve_model(model, backbone, checkpoint), images, out, video=video, every=every, update=update,
                   factory=factory, decode=decode, shard_size=shard_size, channels_last=channels_last, trainer=self,
-                  hubness=hubness, hubness_weight=hubness_weight, **options)
+                  hubness=hubness, **options)
 
     @command(*MODEL_OPTIONS, "overwrite", "runtime")
     def search(self, model: ZooModel, query: list[str], index: str = "zoo.index", k: int = 10, json: bool = False,
@@ -230,7 +227,7 @@ class ZooTrainer(L.Trainer):
                   protocol: str = "auto", query_fraction: float = 0.2, seed: int = 0, k: int = 10,
                   out: str = "benchmark-results", samples: int = 3, wandb: bool = False, wandb_project: str = "zoo",
                   video: Optional[str] = None, window: int = 5, make_examples: int = 0, twin_threshold: float = 0.9,
-                  hubness: int = 0, hubness_weight: float = 0.5, **options) -> None:
+                  hubness: int = 0, **options) -> None:
         """Compare architectures (backbone x head, or checkpoints) on the same images.
 
         Args:
@@ -256,8 +253,7 @@ class ZooTrainer(L.Trainer):
             make_examples: video protocol: first write N examples (evenly spaced frames, cropped,
                 brightness changed, JPEG) and their truth.csv into --query.
             twin_threshold: cosine at which two images of the set count as near-identical twins.
-            hubness: rank as an index built with --hubness K (hubness reduction; 0: plain cosine).
-            hubness_weight: the weight of --hubness.
+            hubness: rank as an index built with --hubness K does (hubness reduction; 0: plain cosine).
         """
         archs = Architecture.from_cli(model, backbone, head, checkpoint, architectures)
         common = dict(query=query, k=k, out=out, samples=samples, use_wandb=wandb, wandb_project=wandb_project,
@@ -266,7 +262,7 @@ class ZooTrainer(L.Trainer):
             return run_video_benchmark(archs, video=video, window=window, make=make_examples, images=images,
                                        gallery=gallery, **common)
         run_benchmark(archs, images=images, gallery=gallery, protocol=protocol, query_fraction=query_fraction,
-                      twin_threshold=twin_threshold, hubness=hubness, hubness_weight=hubness_weight, **common)
+                      twin_threshold=twin_threshold, hubness=hubness, **common)
 
     @command(*MODEL_OPTIONS, "overwrite")
     def export(self, model: ZooModel, format: str = "onnx", out: Optional[str] = None, opset: int = 17,

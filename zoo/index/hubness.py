@@ -48,7 +48,7 @@ def check_hubness_meta(value, damaged: Callable[[str], ZooError]) -> None:
             raise ValueError("hubness must be a mapping of k (1 or more) and weight")
         check_hubness(value["k"], value["weight"])
     except (ValueError, TypeError) as e:
-        raise damaged(str(e).replace("--hubness_weight", "weight").replace("--hubness", "k")) from None
+        raise damaged(str(e).replace("--hubness", "k")) from None
 
 
 def candidates(k: int, n: int) -> int:

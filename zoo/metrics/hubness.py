@@ -91,4 +91,4 @@ def check_hubness(k: int, weight: Optional[float] = None) -> None:
     if weight is not None and not (isinstance(weight, (int, float)) and not isinstance(weight, bool)
                                    and 0.0 < float(weight) <= 2.0):
         shown = f"{weight:g}" if isinstance(weight, (int, float)) else repr(weight)
-        raise ValueError(f"--hubness_weight {shown}: give a number above 0 and at most 2")
+        raise ValueError(f"hubness weight {shown}: give a number above 0 and at most 2")
