@@ -2,7 +2,8 @@
 
     python benchmarks/finetune_food7.py [--images ../shared/data/food7] [--test-fraction 0.4]
         [--config configs/metric/mobilenetv2_shared.yaml [configs/triplet/mobilenetv2_shared.yaml ...]]
-        [--seeds 3 | --seed 5 6 7] [--epochs N] [--soup] [--hubness 10] [--work runs/finetune] [--overwrite | --resume] [--wandb]
+        [--seeds 3 | --seed 5 6 7] [--epochs N] [--soup] [--hubness 10] [--work runs/finetune]
+        [--overwrite | --resume] [--wandb]
 
 For each seed s (0 .. --seeds - 1): each class is split (seeded by s) into train and test photos;
 ``zoo fit`` trains every --config on the train photos (its own validation split is taken from
@@ -11,11 +12,12 @@ frozen backbone of the first config and every trained checkpoint on the test pho
 same protocol (leave-one-out within the test photos); with --soup also the average of the
 seed's trained checkpoints (``zoo soup``). With --hubness K (default 10; 0: off) every model is
 scored a second time as an index built with ``zoo index --hubness K`` ranks (cosine minus half
-the item's mean cosine to its K nearest: zoo.metrics.hubness), a row "MODEL +hubness" each. It reports hit@1, hit@10, P@10, mAP, MAP@R, the
-median cosine of each test photo to its nearest other test photo (how much of the space the
-model uses: near 1, every photo has a "twin" and cosine thresholds mean little) and the training
-time, per seed and as mean, standard deviation and range over the seeds; and checks the targets
-of issue 24 on the soup, else on the first fine-tuned recipe (ranked both ways when --hubness is on). Results: WORK/summary.{json,md},
+the item's mean cosine to its K nearest: zoo.metrics.hubness), a row "MODEL +hubness" each.
+It reports hit@1, hit@10, P@10, mAP, MAP@R, the median cosine of each test photo to its
+nearest other test photo (how much of the space the model uses: near 1, every photo has a "twin"
+and cosine thresholds mean little) and the training time, per seed and as mean, standard
+deviation and range over the seeds; and checks the targets of issue 24 on the soup, else on the
+first fine-tuned recipe (ranked both ways when --hubness is on). Results: WORK/summary.{json,md},
 WORK/seed-S/benchmark/ (zoo benchmark's report; with --wandb also its W&B runs). --resume keeps
 the finished splits and training runs of a stopped --work folder.
 """

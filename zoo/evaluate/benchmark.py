@@ -256,10 +256,7 @@ def run_benchmark(
     resamples: int = BOOTSTRAP_RESAMPLES, hubness: int = 0, hubness_weight: float = DEFAULT_WEIGHT,
 ) -> list[dict]:
     out = Path(out)
-    try:
-        check_hubness(hubness, hubness_weight)
-    except ValueError as e:
-        raise ZooError(str(e)) from None
+    check_hubness(hubness, hubness_weight)  # before anything is embedded
     if (out / "results.json").exists() and not overwrite:
         raise ZooError(f"{out} already holds benchmark results; pass --overwrite or another --out")
     proto = make_protocol(images, query, gallery, protocol, query_fraction, seed)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -34,10 +34,7 @@ CANDIDATES, MIN_CANDIDATES = 10, 100  # candidates fetched by cosine: per result
 
 def hubness_meta(k: int, weight: float) -> dict:
     """meta.json's record of the setting; ZooError for values out of range."""
-    try:
-        check_hubness(k, weight)
-    except ValueError as e:
-        raise ZooError(str(e)) from None
+    check_hubness(k, weight)
     return {"k": int(k), "weight": float(weight)}
 
 
@@ -45,9 +42,9 @@ def check_hubness_meta(value, damaged: Callable[[str], ZooError]) -> None:
     """meta.json's ``hubness`` as opening an index uses it."""
     try:
         if not isinstance(value, dict) or set(value) != {"k", "weight"} or value["k"] < 1:
-            raise ValueError("hubness must be a mapping of k (1 or more) and weight")
+            raise ZooError("hubness must be a mapping of k (1 or more) and weight")
         check_hubness(value["k"], value["weight"])
-    except (ValueError, TypeError) as e:
+    except (ZooError, TypeError) as e:
         raise damaged(str(e).replace("--hubness", "k")) from None
 
 
@@ -65,10 +62,10 @@ def compute_density(chunks, search: Callable[[np.ndarray, int], tuple[np.ndarray
         sims, found = search(vecs, k + 1)
         keep = (found != ids[:, None]) & (found >= 0)
         # the k best others of each row: its own hit (anywhere) and empty slots moved to the end
-        order = np.argsort(~keep, axis=1, kind="stable")
-        top = np.take_along_axis(np.where(keep, sims, np.nan), order, 1)[:, :k]
-        have = np.isfinite(top)
-        out[ids] = np.where(have.any(1), np.nansum(np.where(have, top, 0), 1) / np.maximum(have.sum(1), 1), 0)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        kept = np.take_along_axis(keep, order, 1)
+        top = np.where(kept, np.take_along_axis(sims, order, 1), 0)
+        out[ids] = top.sum(1) / np.maximum(kept.sum(1), 1)  # no other item: 0
         done += len(ids)
         if total > 50_000 and done - last >= total // 20:
             print(f"zoo: hubness: densities of {done}/{total} items", file=sys.stderr, flush=True)
@@ -125,6 +122,6 @@ def open_density(folder: Path, path: Path, max_id: int) -> np.ndarray:
     return d
 
 
-def describe(meta: Optional[dict]) -> str:
-    return f"hubness reduction k={meta['k']}, weight {meta['weight']:g}" if meta else ""
+def describe(meta: dict) -> str:
+    return f"hubness reduction k={meta['k']}, weight {meta['weight']:g}"
 

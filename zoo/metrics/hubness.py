@@ -23,6 +23,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from zoo.errors import ZooError
+
 Array = Union[torch.Tensor, np.ndarray]
 
 DEFAULT_K = 10  # CSLS's neighbourhood
@@ -40,13 +42,11 @@ def hubness_scores(sim: Array, density: Array, weight: float) -> Array:
     return np.where(sim >= IDENTICAL, sim + LIFT, sim - weight * np.asarray(density, dtype=sim.dtype))
 
 
-def density_from_neighbours(top_sims: Array, k: int) -> Array:
+def density_from_neighbours(top_sims: torch.Tensor, k: int) -> torch.Tensor:
     """Each row's density: the mean of its ``k`` largest similarities to other items
     (``top_sims`` (N, >= k) best first; fewer columns: the mean of those there are; none: 0)."""
     n = min(k, top_sims.shape[1])
-    if n == 0:
-        return torch.zeros(top_sims.shape[0]) if isinstance(top_sims, torch.Tensor) else np.zeros(top_sims.shape[0], np.float32)
-    return top_sims[:, :n].mean(1)
+    return top_sims[:, :n].mean(1) if n else torch.zeros(top_sims.shape[0])
 
 
 def gallery_neighbours(gallery: torch.Tensor, k: int, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,10 +85,10 @@ def loo_density(top_sims: torch.Tensor, top_idx: torch.Tensor, k: int, start: in
 
 
 def check_hubness(k: int, weight: Optional[float] = None) -> None:
-    """The options' ranges, as one-line errors (ValueError)."""
+    """The options' ranges, as one-line errors (ZooError)."""
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= 1000:
-        raise ValueError(f"--hubness {k}: the neighbourhood size must be an integer from 0 (off) to 1000")
+        raise ZooError(f"--hubness {k}: the neighbourhood size must be an integer from 0 (off) to 1000")
     if weight is not None and not (isinstance(weight, (int, float)) and not isinstance(weight, bool)
                                    and 0.0 < float(weight) <= 2.0):
         shown = f"{weight:g}" if isinstance(weight, (int, float)) else repr(weight)
-        raise ValueError(f"hubness weight {shown}: give a number above 0 and at most 2")
+        raise ZooError(f"hubness weight {shown}: give a number above 0 and at most 2")
