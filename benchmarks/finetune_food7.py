@@ -11,8 +11,9 @@ them; --seed_everything s), keeping the best epoch by val/map; then ``zoo benchm
 frozen backbone of the first config and every trained checkpoint on the test photos with the
 same protocol (leave-one-out within the test photos); with --soup also the average of the
 seed's trained checkpoints (``zoo soup``). With --hubness K (default 10; 0: off) every model is
-scored a second time as an index built with ``zoo index --hubness K`` ranks (cosine minus half
-the item's mean cosine to its K nearest: zoo.metrics.hubness), a row "MODEL +hubness" each.
+scored a second time as an index built with ``zoo index --hubness K`` ranks (the nearest by
+cosine first, then cosine minus half the item's mean cosine to its K nearest:
+zoo.metrics.hubness), a row "MODEL +hubness" each.
 It reports hit@1, hit@10, P@10, mAP, MAP@R, the median cosine of each test photo to its
 nearest other test photo (how much of the space the model uses: near 1, every photo has a "twin"
 and cosine thresholds mean little) and the training time, per seed and as mean, standard

@@ -31,14 +31,23 @@ def brute_density(g: np.ndarray, k: int) -> np.ndarray:
     return np.sort(sim, axis=1)[:, ::-1][:, :k].mean(1)
 
 
-def test_scores_are_cosine_minus_weighted_density_and_a_copy_stays_first():
-    sim = np.array([[0.9, 0.8, 1.0]], np.float32)
-    density = np.array([0.8, 0.2, 0.9], np.float32)
+def brute_order(cos: np.ndarray, dens: np.ndarray, weight: float, k: int) -> np.ndarray:
+    """The nearest by cosine, then the others by cosine - weight x density."""
+    first = int(np.argmax(cos))
+    rest = [i for i in np.argsort(-(cos - weight * dens), kind="stable") if i != first]
+    return np.array([first] + rest[:k - 1])
+
+
+def test_scores_are_cosine_minus_weighted_density_after_the_nearest_and_copies():
+    sim = np.array([[0.9, 0.8, 1.0, 0.7], [0.9, 0.8, float("-inf"), 0.7]], np.float32)
+    density = np.array([0.8, 0.8, 0.9, 0.1], np.float32)
     got = hubness_scores(sim, density, 0.5)
-    assert got[0, :2] == pytest.approx([0.5, 0.7]) and got[0, 2] == pytest.approx(1.0 + LIFT)
+    assert got[0] == pytest.approx([0.5, 0.4, 1.0 + LIFT, 0.65])  # the copy first
+    assert got[1, [0, 1, 3]] == pytest.approx([0.9 + LIFT, 0.4, 0.65]) and got[1, 2] == float("-inf")  # the nearest first
     t = hubness_scores(torch.tensor(sim), torch.tensor(density), 0.5)
     assert t.numpy() == pytest.approx(got)
-    assert list(np.argsort(-got[0])) == [2, 1, 0]  # plain cosine: [2, 0, 1]
+    assert list(np.argsort(-got[0])) == [2, 3, 0, 1]  # plain cosine: [2, 0, 1, 3]
+    assert list(np.argsort(-got[1])) == [0, 3, 1, 2]  # plain cosine: [0, 1, 3, 2]
 
 
 def test_leave_one_out_density_is_the_density_without_the_query():
@@ -56,7 +65,8 @@ def test_leave_one_out_density_is_the_density_without_the_query():
 
 def crowded():
     """Four 'a' photos packed together, one 'b' photo alone, and a 'b' query that looks a little
-    like the pack: by cosine its 3 nearest are all 'a'; their density pushes them below its 'b'."""
+    like the pack: by cosine its 4 nearest are all 'a'; the nearest stays first, the density of
+    the other three pushes them below its 'b'."""
     a = [[1, 0.1 * i, 0, 0] for i in range(4)]
     x = unit(a + [[0, 0, 1, 0], [0.62, 0, 0.55, 0.56]])
     return x, torch.tensor([0, 0, 0, 0, 1, 1])
@@ -64,10 +74,12 @@ def crowded():
 
 def test_metrics_with_hubness_find_the_crowded_out_query_its_class():
     x, lab = crowded()
-    plain = retrieval_metrics(torch.from_numpy(x), lab)["per_query"]["hit@1"]
-    hub = retrieval_metrics(torch.from_numpy(x), lab, hubness=(2, 0.5))["per_query"]["hit@1"]
-    assert plain[5] == 0 and hub[5] == 1  # the query is row 5, the lone 'b' row 4
-    assert hub[:4].tolist() == [1, 1, 1, 1]  # the pack still finds itself
+    plain = retrieval_metrics(torch.from_numpy(x), lab)["per_query"]
+    hub = retrieval_metrics(torch.from_numpy(x), lab, hubness=(2, 0.5))["per_query"]
+    # the query is row 5, its one relevant item the lone 'b' (row 4): rank 5 by cosine, 2 by hubness
+    assert float(plain["ap"][5]) == pytest.approx(1 / 5) and float(hub["ap"][5]) == pytest.approx(1 / 2)
+    assert plain["hit@1"][5] == 0 and hub["hit@1"][5] == 0  # the nearest, an 'a', stays first
+    assert hub["hit@1"][:4].tolist() == [1, 1, 1, 1]  # the pack still finds itself
 
 
 def test_index_ranks_by_the_density_it_stores_and_keeps_it(tmp_path):
@@ -85,7 +97,7 @@ def test_index_ranks_by_the_density_it_stores_and_keeps_it(tmp_path):
     ids = idx.add(x, [Record(str(f), "c") for f in files])
     q = unit(rng.normal(size=(3, model.embedding_dim)) * (np.arange(model.embedding_dim) < 6))
     dens = brute_density(x, 4)
-    want = np.argsort(-(q @ x.T - 0.5 * dens[None, :]), axis=1, kind="stable")[:, :5]
+    want = np.stack([brute_order(c, dens, 0.5, 5) for c in q @ x.T])
     sims, got = idx.search_vectors(q, 5)
     assert (got == ids[want]).all()
     assert sims == pytest.approx(np.take_along_axis(q @ x.T, want, 1), abs=1e-5)  # cosines, not scores
@@ -173,9 +185,10 @@ def test_benchmark_scores_as_the_hubness_index_ranks(shapes_dir, tmp_path, zoo_c
     assert row["hit@1"] == pytest.approx(want["hit@1"], abs=1e-4) and row["map"] == pytest.approx(want["map"], abs=1e-4)
 
 
-def test_serve_after_update_ranks_by_fresh_densities_and_checks_by_cosine(tmp_path, zoo_cli):
+def test_serve_after_update_ranks_by_fresh_densities_after_the_checks_nearest(tmp_path, zoo_cli):
     """The seam: `zoo index --update` changes every neighbourhood; the server ranks uploads by
-    the densities of the updated index, and its upload check still answers the nearest by cosine."""
+    the densities of the updated index, after the first hit: the nearest by cosine, the item its
+    upload check names."""
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
     from PIL import Image
@@ -202,12 +215,12 @@ def test_serve_after_update_ranks_by_fresh_densities_and_checks_by_cosine(tmp_pa
         for q in sorted(queries.rglob("*.png")):
             v = service.embed(Image.open(q).convert("RGB"))
             cos = vecs @ v
-            want = ids[np.argsort(-(cos - 2 * dens), kind="stable")[:4]]
+            order = brute_order(cos, dens, 2, 4)
             files = {"file": (q.name, q.read_bytes(), "image/png")}
             got = client.post("/api/search?k=4", files=files).json()["results"]
-            assert [h["id"] for h in got] == want.tolist()
-            assert [h["cosine"] for h in got] == pytest.approx(cos[np.argsort(-(cos - 2 * dens), kind="stable")[:4]], abs=1e-4)
+            assert [h["id"] for h in got] == ids[order].tolist()
+            assert [h["cosine"] for h in got] == pytest.approx(cos[order], abs=1e-4)
             check = client.post("/api/check", files=files).json()
-            assert check["nearest"]["id"] == int(ids[np.argmax(cos)])
-            differ += int(want[0] != ids[np.argmax(cos)])
-    assert differ  # some upload's first result is not its nearest by cosine: the two answers are apart
+            assert check["nearest"]["id"] == got[0]["id"] == int(ids[np.argmax(cos)])
+            differ += int((order != np.argsort(-cos)[:4]).any())
+    assert differ  # some upload's list is not in cosine order: the fresh densities rank it

@@ -10,8 +10,8 @@ meta.json records ``"hubness": {"k": K, "weight": W}``; the version folder holds
 Densities are computed again, for every item, whenever the index is saved (a build, every
 ``--update``): an update changes the neighbourhoods of items it did not touch. That is one
 search of K + 1 neighbours per item, a chunk of stored vectors at a time (memory O(chunk)).
-A search fetches max(CANDIDATES x k, MIN_CANDIDATES) candidates by cosine and ranks them by
-the adjusted score; the similarities it returns stay cosines, so thresholds keep their meaning
+A search fetches max(CANDIDATES x k, MIN_CANDIDATES) candidates by cosine, keeps the nearest
+first and ranks the rest by the adjusted score; the similarities it returns stay cosines, so thresholds keep their meaning
 (a hit may then show a lower cosine than the one after it). The upload check and calibrations
 search by plain cosine (``hubness=False``).
 """
@@ -99,7 +99,8 @@ def rerank(sims: np.ndarray, ids: np.ndarray, density: np.ndarray, weight: float
     valid = ids >= 0
     dens = np.where(valid, density[np.clip(ids, 0, len(density) - 1)], 0.0)
     dens = np.where(np.isfinite(dens), dens, 0.0)  # an id added after the densities: none
-    score = np.where(valid, hubness_scores(sims.astype(np.float32), dens.astype(np.float32), weight), -np.inf)
+    cos = np.where(valid, sims.astype(np.float32), -np.inf)
+    score = hubness_scores(cos, dens.astype(np.float32), weight)
     top = np.argsort(-score, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(sims, top, 1), np.take_along_axis(ids, top, 1)
 

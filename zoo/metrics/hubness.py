@@ -9,8 +9,12 @@ q by
     cos(q, g) - weight * density(g),   density(g) = mean cosine of g to its k nearest other items
 
 (CSLS itself is 2 cos - r(q) - r(g): the same ranking with weight 1/2). The query's own term
-does not change its ranking, so it is left out. An item whose vector is the query's (cosine
->= IDENTICAL) stays first whatever its neighbourhood: a copy is the best answer there is.
+does not change its ranking, so it is left out. The query's nearest item by cosine stays first,
+and so does every item whose vector is the query's (cosine >= IDENTICAL): the density re-orders
+the rest. The nearest neighbour is the best single answer a space has (a copy is the best there
+is), and the copy check (zoo.index.check) names that same item, so a search's first hit and
+its verdict agree; what the density buys is the list behind it, where a crowded cluster would
+otherwise fill every slot.
 
 Pure functions on torch tensors or numpy arrays; ``zoo.index.hubness`` stores the densities of
 an index and re-ranks its candidates with :func:`hubness_scores`, ``retrieval_metrics`` scores
@@ -30,16 +34,20 @@ Array = Union[torch.Tensor, np.ndarray]
 DEFAULT_K = 10  # CSLS's neighbourhood
 DEFAULT_WEIGHT = 0.5  # CSLS's own: 2 cos - r(q) - r(g) ranks as cos - r(g) / 2
 IDENTICAL = 1.0 - 1e-5  # cosine at which a gallery vector is the query's own
-LIFT = 1e3  # added to identical items' scores: above any cos - weight * density
+LIFT = 1e3  # added to the first items' scores: above any cos - weight * density
 
 
 def hubness_scores(sim: Array, density: Array, weight: float) -> Array:
     """Scores to rank by: ``sim`` (Q, G) cosines minus ``weight`` x ``density`` ((G,) or (Q, G)),
-    identical vectors lifted above everything (kept in cosine order among themselves)."""
+    each row's nearest by cosine and identical vectors lifted above everything (kept in cosine
+    order among themselves). Entries that are not candidates (the query itself in
+    leave-one-out, empty slots) must be -inf in ``sim``: they stay -inf."""
     if isinstance(sim, torch.Tensor):
         density = torch.as_tensor(density, dtype=sim.dtype, device=sim.device)
-        return torch.where(sim >= IDENTICAL, sim + LIFT, sim - weight * density)
-    return np.where(sim >= IDENTICAL, sim + LIFT, sim - weight * np.asarray(density, dtype=sim.dtype))
+        first = (sim >= IDENTICAL) | (sim == sim.amax(1, keepdim=True))
+        return torch.where(first, sim + LIFT, sim - weight * density)
+    first = (sim >= IDENTICAL) | (sim == sim.max(1, keepdims=True))
+    return np.where(first, sim + LIFT, sim - weight * np.asarray(density, dtype=sim.dtype))
 
 
 def density_from_neighbours(top_sims: torch.Tensor, k: int) -> torch.Tensor:

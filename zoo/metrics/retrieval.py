@@ -7,8 +7,9 @@ Conventions (the tests pin them down with hand-computed values):
 - in leave-one-out, the query itself is removed from its own ranking;
 - a query with no relevant item in the gallery has no defined AP: it is left out of every
   average and counted in ``queries_without_relevant``;
-- with ``hubness=(k, weight)`` the ranking is by cosine minus weight x the gallery item's
-  density (zoo.metrics.hubness, CSLS), what an index built with ``--hubness k`` searches; in
+- with ``hubness=(k, weight)`` the nearest by cosine comes first, then the ranking is by cosine
+  minus weight x the gallery item's density (zoo.metrics.hubness, CSLS), what an index built
+  with ``--hubness k`` searches; in
   leave-one-out an item's density leaves the query out, as if it had never been indexed;
 - hit@k: at least one relevant item in the top k; precision@k: relevant share of the top k
   (divided by k); AP over the full ranking; R-precision: precision at R = number of relevant
@@ -87,10 +88,11 @@ def retrieval_metrics(
         sim = qs @ g.T  # (q, G)
         if hub_k:
             dens = loo_density(top_s, top_i, hub_k, start, sim) if loo else density_from_neighbours(top_s, hub_k)
-            sim = hubness_scores(sim, dens, hub_w)
         if loo:
             rows = torch.arange(len(qs))
             sim[rows, rows + start] = float("-inf")
+        if hub_k:
+            sim = hubness_scores(sim, dens, hub_w)
         order = torch.sort(sim, dim=1, descending=True, stable=True).indices  # (q, G)
         if loo:
             order = order[:, :-1]  # the query itself, ranked last
