@@ -11,9 +11,9 @@ Densities are computed again, for every item, whenever the index is saved (a bui
 ``--update``): an update changes the neighbourhoods of items it did not touch. That is one
 search of K + 1 neighbours per item, a chunk of stored vectors at a time (memory O(chunk)).
 A search fetches max(CANDIDATES x k, MIN_CANDIDATES) candidates by cosine, keeps the nearest
-first and ranks the rest by the adjusted score; the similarities it returns stay cosines, so thresholds keep their meaning
-(a hit may then show a lower cosine than the one after it). The upload check and calibrations
-search by plain cosine (``hubness=False``).
+first and ranks the rest by the adjusted score; the similarities it returns stay cosines, so
+thresholds keep their meaning (a hit may then show a lower cosine than the one after it). The
+upload check and calibrations search by plain cosine (``hubness=False``).
 """
 from __future__ import annotations
 

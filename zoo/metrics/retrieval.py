@@ -9,8 +9,8 @@ Conventions (the tests pin them down with hand-computed values):
   average and counted in ``queries_without_relevant``;
 - with ``hubness=(k, weight)`` the nearest by cosine comes first, then the ranking is by cosine
   minus weight x the gallery item's density (zoo.metrics.hubness, CSLS), what an index built
-  with ``--hubness k`` searches; in
-  leave-one-out an item's density leaves the query out, as if it had never been indexed;
+  with ``--hubness k`` searches; in leave-one-out an item's density leaves the query out, as if
+  it had never been indexed;
 - hit@k: at least one relevant item in the top k; precision@k: relevant share of the top k
   (divided by k); AP over the full ranking; R-precision: precision at R = number of relevant
   items; MAP@R: mean over the first R ranks of precision@i at relevant ranks, divided by R.
