@@ -112,6 +112,34 @@ def test_index_ranks_by_the_density_it_stores_and_keeps_it(tmp_path):
         brute_density(x[10:], 4), abs=1e-5)
 
 
+@pytest.mark.parametrize("factory, tol", [("IVF2,Flat", 1e-5), ("HNSW8", 1e-5), ("IVF2,PQ4x4", 2e-2), ("IVF2,SQ8", 1e-2)])
+def test_densities_of_inverted_files_graphs_and_lossy_codes(tmp_path, factory, tol):
+    """Every factory's stored vectors reach the densities: read back by id from an inverted
+    file, from a graph's storage, the float16 vectors kept beside PQ codes (zoo.index.rerank) and
+    SQ codes (these two to within their error); and the index still takes and drops items
+    afterwards, as an update does."""
+    rng = np.random.default_rng(2)
+    model = tiny_model()
+    files = [tmp_path / f"{i:03d}.jpg" for i in range(130)]
+    for f in files:
+        f.write_bytes(b"x")
+    x = np.zeros((130, model.embedding_dim), np.float32)
+    x[:, :6] = rng.normal(size=(130, 6))
+    x = unit(x)
+    idx = ZooIndex.create(model, factory=factory, hubness=4)
+    idx.train(lambda rows: x[rows], 130)  # codes trained on the range of every vector
+    ids = idx.add(x[:120], [Record(str(f), "c") for f in files[:120]])
+    probe_all = (lambda: idx.set_search(nprobe=2)) if factory.startswith("IVF") else (lambda: None)
+    probe_all()  # every list: the exact neighbours
+    idx.refresh_density()
+    assert idx.density[ids] == pytest.approx(brute_density(x[:120], 4), abs=tol)
+    ids = np.concatenate([ids, idx.add(x[120:], [Record(str(f), "c") for f in files[120:]])])
+    idx.remove(ids[:5])  # may rebuild the index, with its recorded search settings
+    probe_all()
+    idx.refresh_density()
+    assert idx.density[ids[5:]] == pytest.approx(brute_density(x[5:], 4), abs=tol)
+
+
 def versions(out):
     return sorted(p for p in out.iterdir() if p.is_dir() and p.name.startswith("v-"))
 

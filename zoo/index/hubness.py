@@ -54,7 +54,7 @@ def candidates(k: int, n: int) -> int:
 
 def compute_density(chunks, search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], k: int,
                     max_id: int, total: int) -> np.ndarray:
-    """Densities by id (max_id + 1,) float32 from ``chunks`` of (ids, unit vectors) and a plain
+    """Densities by id (max_id + 1,) float32 from ``chunks`` of (ids, vectors) and a plain
     cosine ``search``: each item's K + 1 nearest, itself left out. Progress on stderr."""
     out = np.full(max_id + 1, np.nan, np.float32)
     done, last = 0, 0
@@ -83,12 +83,9 @@ def index_density(idx, chunk: int = 4096) -> np.ndarray:
             for s in range(0, len(ids), chunk):
                 yield ids[s:s + chunk], idx.rerank.vectors_of(ids[s:s + chunk])
             return
-        ivf = faiss.try_extract_index_ivf(idx.index)
-        if ivf is not None:
-            ivf.make_direct_map()  # read back by id
-        for part, vecs in stored_vectors(idx.index, chunk):
-            norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-            yield part, vecs / np.where(norms > 0, norms, 1)
+        # an inverted file reads back by id through the hash-table direct map it was made with
+        # (zoo.index.factory): an array map here would refuse every later add with ids
+        yield from stored_vectors(idx.index, chunk)  # the search normalises them
 
     return compute_density(chunks(), lambda q, n: idx.search_vectors(q, n, hubness=False),
                            idx.meta["hubness"]["k"], idx.store.max_id(), len(ids))
