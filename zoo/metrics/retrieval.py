@@ -86,12 +86,11 @@ def retrieval_metrics(
         qs = q[start : start + chunk]
         ql = query_labels[start : start + chunk]
         sim = qs @ g.T  # (q, G)
-        if hub_k:
-            dens = loo_density(top_s, top_i, hub_k, start, sim) if loo else density_from_neighbours(top_s, hub_k)
         if loo:
             rows = torch.arange(len(qs))
             sim[rows, rows + start] = float("-inf")
-        if hub_k:
+        if hub_k:  # loo_density reads no query's own column: an item is never its own neighbour
+            dens = loo_density(top_s, top_i, hub_k, start, sim) if loo else density_from_neighbours(top_s, hub_k)
             sim = hubness_scores(sim, dens, hub_w)
         order = torch.sort(sim, dim=1, descending=True, stable=True).indices  # (q, G)
         if loo:
