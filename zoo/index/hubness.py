@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import faiss
 import numpy as np
 
 from zoo.errors import ZooError
